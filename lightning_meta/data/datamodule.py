@@ -1,0 +1,132 @@
+"""The episodic ``LightningDataModule``: seeded meta-batches of tasks for train, val and test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from lightning_meta.data.samplers import EpisodeDataset, EvalEpisodeSampler, TrainEpisodeSampler, _RankSampler
+from lightning_meta.data.sources import TaskSource, check_positive
+
+
+class EpisodicDataModule(pl.LightningDataModule):
+    """Yields :class:`~lightning_meta.TaskBatch` meta-batches from any :class:`TaskSource`.
+
+    * Training: ``ceil(train_episodes_per_epoch / (meta_batch_size * world_size))`` steps per epoch, each a
+      meta-batch of ``meta_batch_size`` tasks. The stream is a function of ``(seed, epoch, task index)``;
+      ranks and workers never duplicate tasks.
+    * Validation / test: a fixed set of ``val_episodes`` / ``test_episodes`` tasks decided by ``seed``
+      alone, identical for any ``num_workers`` and any DDP world size (ranks evaluate disjoint shards
+      whose union is the set), in meta-batches of ``eval_meta_batch_size`` (default ``meta_batch_size``).
+    * ``state_dict`` records the epoch and the batches done in it, so a resumed run continues the stream.
+
+    Example:
+        >>> from lightning_meta.data import SinusoidTasks
+        >>> dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=4,
+        ...                         train_episodes_per_epoch=8)
+        >>> dm.setup("fit")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> batch.support_x.shape
+        torch.Size([4, 5, 1])
+    """
+
+    def __init__(
+        self,
+        tasks: TaskSource,
+        meta_batch_size: int = 32,
+        train_episodes_per_epoch: int = 1000,
+        val_episodes: int = 100,
+        test_episodes: int = 600,
+        eval_meta_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(tasks, TaskSource):
+            raise TypeError(f"tasks must be a lightning_meta TaskSource, got {type(tasks).__name__}")
+        check_positive("meta_batch_size", meta_batch_size)
+        check_positive("train_episodes_per_epoch", train_episodes_per_epoch)
+        check_positive("val_episodes", val_episodes, 0)
+        check_positive("test_episodes", test_episodes, 0)
+        check_positive("num_workers", num_workers, 0)
+        if eval_meta_batch_size is not None:
+            check_positive("eval_meta_batch_size", eval_meta_batch_size)
+        self.tasks = tasks
+        self.meta_batch_size = meta_batch_size
+        self.eval_meta_batch_size = eval_meta_batch_size or meta_batch_size
+        self.train_episodes_per_epoch = train_episodes_per_epoch
+        self.val_episodes, self.test_episodes = val_episodes, test_episodes
+        self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
+        self._resume: tuple[int, int] | None = None
+        self.save_hyperparameters(ignore=["tasks"])
+
+    @property
+    def task_type(self) -> str:
+        """``"classification"`` or ``"regression"``, from the task source."""
+        return self.tasks.task_type
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load and validate the task source (errors name the bad value before any training)."""
+        self.tasks.setup()
+        needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        episodes = {"train": 1, "val": self.val_episodes, "test": self.test_episodes}
+        for split in needed.get(stage or "", ["train", "val", "test"]):
+            if episodes[split] > 0:
+                self.tasks.validate_split(split)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, sampler: _RankSampler) -> DataLoader:
+        return DataLoader(
+            EpisodeDataset(self.tasks, self.seed),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        sampler = TrainEpisodeSampler(self.train_episodes_per_epoch, self.meta_batch_size, world, rank)
+        if self._resume is not None:
+            sampler.resume_at(*self._resume)
+            self._resume = None
+        return self._loader(sampler)
+
+    def _eval_loader(self, split: str, episodes: int) -> DataLoader | list:
+        if episodes == 0:
+            return []
+        world, rank = self._world()
+        return self._loader(EvalEpisodeSampler(split, episodes, self.eval_meta_batch_size, world, rank))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val", self.val_episodes)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test", self.test_episodes)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test", self.test_episodes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``seed``, the current ``epoch`` and the training ``batches_done`` in it (for resuming)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {"seed": self.seed, "epoch": 0, "batches_done": 0}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"seed": self.seed, "epoch": trainer.current_epoch, "batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the seed and resume the training stream where the checkpoint left it."""
+        if state_dict.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"the checkpoint's data seed {state_dict['seed']} differs from this DataModule's seed "
+                f"{self.seed}; resuming would change the task stream. Construct it with seed={state_dict['seed']}"
+            )
+        self._resume = (int(state_dict.get("epoch", 0)), int(state_dict.get("batches_done", 0)))

@@ -1,0 +1,95 @@
+"""Samplers that hand each rank its share of episode keys ``(split, epoch, task indices)``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from torch.utils.data import Dataset, DistributedSampler
+
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.seeding import task_generator
+from lightning_meta.data.sources import TaskSource
+
+EpisodeKey = tuple[str, int, tuple[int, ...]]
+
+
+class EpisodeDataset(Dataset):
+    """Maps an episode key ``(split, epoch, task indices)`` to a :class:`TaskBatch`.
+
+    Every task is drawn from its own generator seeded by ``(seed, split, epoch, index)``, so a task's
+    content never depends on the worker, the rank, or how tasks are grouped into meta-batches.
+    """
+
+    def __init__(self, tasks: TaskSource, seed: int) -> None:
+        self.tasks, self.seed = tasks, seed
+
+    def __getitem__(self, key: EpisodeKey) -> TaskBatch:  # type: ignore[override]
+        split, epoch, indices = key
+        return self.tasks.sample(split, [task_generator(self.seed, split, epoch, i) for i in indices])
+
+
+class _RankSampler(DistributedSampler):
+    """Base for samplers that shard by rank themselves.
+
+    Subclassing ``DistributedSampler`` tells Lightning not to wrap the sampler again under DDP; the
+    parent's ``__init__`` is deliberately not called (no process group is needed).
+    """
+
+    def __init__(self, num_replicas: int = 1, rank: int = 0) -> None:  # noqa: D107
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1}, got {rank}")
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class TrainEpisodeSampler(_RankSampler):
+    """The training stream: step ``s`` on rank ``r`` gets the tasks of global meta-batch ``s * W + r``.
+
+    Meta-batch ``g`` holds tasks ``g*B .. g*B+B-1`` of the epoch, so ``W`` ranks with ``B`` tasks each see
+    exactly the tasks one device with ``W*B`` tasks would, and ``accumulate_grad_batches=2`` with ``B/2``
+    sees those of one batch of ``B``. ``skip`` batches of epoch ``skip_epoch`` are skipped once (resume).
+    """
+
+    def __init__(self, episodes: int, meta_batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(num_replicas, rank)
+        self.meta_batch_size = meta_batch_size
+        self.steps = max(1, math.ceil(episodes / (meta_batch_size * num_replicas)))
+        self.skip_epoch, self.skip = -1, 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue epoch ``epoch`` after its first ``batches_done`` batches (once)."""
+        self.skip_epoch, self.skip = epoch, batches_done
+
+    def __iter__(self) -> Iterator[EpisodeKey]:
+        start = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip_epoch, self.skip = -1, 0
+        b = self.meta_batch_size
+        for step in range(start, self.steps):
+            first = (step * self.num_replicas + self.rank) * b
+            yield "train", self.epoch, tuple(range(first, first + b))
+
+
+class EvalEpisodeSampler(_RankSampler):
+    """A fixed set of ``episodes`` tasks (epoch 0 of ``split``); rank ``r`` takes tasks ``r, r+W, ...``.
+
+    The union over ranks is the whole set, whatever the world size; no episode is repeated or padded.
+    """
+
+    def __init__(self, split: str, episodes: int, meta_batch_size: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(num_replicas, rank)
+        self.split, self.meta_batch_size = split, meta_batch_size
+        self.indices = list(range(rank, episodes, num_replicas))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.meta_batch_size)
+
+    def __iter__(self) -> Iterator[EpisodeKey]:
+        b = self.meta_batch_size
+        for start in range(0, len(self.indices), b):
+            yield self.split, 0, tuple(self.indices[start : start + b])

@@ -1,0 +1,48 @@
+"""The task-source protocol shared by every family of tasks."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import torch
+
+from lightning_meta.data.episodes import TaskBatch
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+TaskType = Literal["classification", "regression"]
+
+
+def check_positive(name: str, value: int, minimum: int = 1) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class TaskSource(ABC):
+    """A family of tasks that can be sampled per split, one seeded generator per task.
+
+    Subclasses set :attr:`task_type` and implement :meth:`sample`; data-dependent checks go in
+    :meth:`setup`, which the :class:`~lightning_meta.EpisodicDataModule` calls from its own ``setup``.
+    """
+
+    task_type: TaskType = "classification"
+    ways: int = 1
+    shots: int = 1
+    queries: int = 1
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load data and validate it against the configuration (idempotent)."""
+
+    def validate_split(self, split: str) -> None:  # noqa: B027 - optional hook
+        """Raise a ``ValueError`` naming the problem if ``split`` cannot provide tasks (after setup)."""
+
+    @abstractmethod
+    def sample(self, split: str, generators: list[torch.Generator]) -> TaskBatch:
+        """One task per generator, from ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+
+    @property
+    def num_outputs(self) -> int:
+        """Output width a predictor needs: ``ways`` for classification, ``d_y`` for regression."""
+        return self.ways

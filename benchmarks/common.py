@@ -1,0 +1,44 @@
+"""Helpers shared by the benchmark scripts: paths, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def omniglot_root() -> Path:
+    return Path(os.environ.get("LIGHTNING_META_OMNIGLOT", ROOT.parent / "shared" / "data" / "omniglot"))
+
+
+def rate(fn: Callable[[], int], seconds: float, warmup: int = 2) -> float:
+    """Items per second of ``fn`` (returns the items it processed), run for at least ``seconds``."""
+    for _ in range(warmup):
+        fn()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += fn()
+    return done / (time.perf_counter() - start)
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    os.replace(tmp, path)
+    print(f"saved {path}")
+    return path

@@ -1,5 +1,6 @@
 """lightning-meta: meta-learning (MAML, black-box adaptation) as PyTorch Lightning plugins."""
 
+from lightning_meta.algorithms import MAML, MetaLearner
 from lightning_meta.data import (
     ClassificationTasks,
     EpisodicDataModule,
@@ -16,6 +17,8 @@ __all__ = [
     "ClassificationTasks",
     "EpisodicDataModule",
     "Learn2LearnTasks",
+    "MAML",
+    "MetaLearner",
     "OmniglotTasks",
     "SinusoidTasks",
     "TaskBatch",

@@ -1,0 +1,100 @@
+"""Shared machinery of the meta-learners: task type, losses, episode metrics, logging, optimizer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.metrics import EpisodeMeanCI, episode_accuracy, episode_mse
+
+TaskType = Literal["auto", "classification", "regression"]
+EVAL_STAGES = ("val", "test")
+EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_number(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
+    """Raise a ``ValueError`` unless ``value`` is a number above ``minimum`` (or equal, with ``strict=False``)."""
+    bad = not isinstance(value, int | float) or isinstance(value, bool)
+    if bad or value < minimum or (strict and value == minimum):
+        sign = ">" if strict else ">="
+        raise ValueError(f"{name} must be a number {sign} {minimum}, got {value!r}")
+
+
+class MetaLearner(pl.LightningModule):
+    """Base of :class:`MAML` and :class:`BlackBoxAdaptation`: metrics, logging and the optimizer.
+
+    Logged keys: ``train/loss`` and ``train/acc`` (classification) or ``train/mse`` (regression);
+    ``val/...`` and ``test/...`` with ``loss``, ``acc``/``mse`` and their ``_ci95`` half-widths, aggregated
+    over all episodes (synced across DDP ranks), plus ``pre_`` variants where the learner has a
+    pre-adaptation prediction. The default optimizer is Adam with ``lr``; under LightningCLI the
+    ``--optimizer`` / ``--lr_scheduler`` options replace it the usual way.
+    """
+
+    def __init__(self, task_type: TaskType = "auto", lr: float = 1e-3) -> None:
+        super().__init__()
+        check_choice("task_type", task_type, ("auto", "classification", "regression"))
+        check_number("lr", lr)
+        self.task_type, self.lr = task_type, lr
+        self.episode_metrics = nn.ModuleDict(
+            {f"{stage}_{name}": EpisodeMeanCI() for stage in EVAL_STAGES for name in EVAL_METRICS}
+        )
+
+    # --------------------------------------------------------------- task type
+    def resolve_task_type(self, batch: TaskBatch) -> str:
+        if self.task_type != "auto":
+            return self.task_type
+        return "regression" if batch.support_y.is_floating_point() else "classification"
+
+    def loss_fn(self, task_type: str):
+        return F.cross_entropy if task_type == "classification" else F.mse_loss
+
+    @staticmethod
+    def score_name(task_type: str) -> str:
+        return "acc" if task_type == "classification" else "mse"
+
+    def episode_score(self, task_type: str, output: Tensor, target: Tensor) -> Tensor:
+        """Per-episode accuracy or MSE, ``[T]``."""
+        if task_type == "classification":
+            return episode_accuracy(output, target)
+        return episode_mse(output, target)
+
+    # ----------------------------------------------------------------- logging
+    def log_train(self, task_type: str, loss: Tensor, score: Tensor, batch_size: int) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log(f"train/{self.score_name(task_type)}", score.mean(), prog_bar=True, batch_size=batch_size)
+
+    def update_eval(self, stage: str, name: str, values: Tensor) -> None:
+        self.episode_metrics[f"{stage}_{name}"].update(values)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        task_type = getattr(self, "_last_task_type", "classification")
+        score = self.score_name(task_type)
+        for name in EVAL_METRICS:
+            metric = self.episode_metrics[f"{stage}_{name}"]
+            if not metric.update_called:
+                continue
+            result = metric.compute()
+            key = name.replace("score", score)
+            self.log(f"{stage}/{key}", result["mean"].float(), sync_dist=True, prog_bar=name == "score")
+            self.log(f"{stage}/{key}_ci95", result["ci95"].float(), sync_dist=True)
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)

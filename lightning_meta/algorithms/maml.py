@@ -1,0 +1,328 @@
+"""MAML (Finn et al., 2017) as a LightningModule: second-order, first-order and HVP meta-gradients."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from lightning_meta.algorithms.base import MetaLearner, TaskType, check_choice, check_number
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.functional import Params, TaskLoss, adapt, meta_gradient_hvp
+from lightning_meta.models.norm import BatchStatNorm
+
+MetaGradient = Literal["second_order", "first_order", "hvp"]
+FP16_INNER_LOSS_SCALE = 2.0**10
+
+
+def transductive_batch_norm(model: nn.Module, elementary: bool = False) -> list[str]:
+    """Make every BatchNorm use batch statistics in every forward and keep no running statistics.
+
+    With ``elementary=True`` each one is replaced by :class:`~lightning_meta.models.BatchStatNorm` (same
+    numbers, built from plain ops so that second-order gradients are right under ``vmap``).
+    """
+    names = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = module.num_batches_tracked = None
+            if elementary:
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, BatchStatNorm.from_batch_norm(module))
+            names.append(name)
+    return names
+
+
+def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
+    """Names of the parameters the inner loop adapts: ``"all"``, ``"head"`` or ``fnmatch`` patterns."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if adapt == "all":
+        return names
+    if adapt == "head":
+        children = [c for c, m in model.named_children() if any(True for _ in m.parameters())]
+        if not children:
+            raise ValueError("adapt='head' needs a model with child modules; give name patterns instead")
+        return [n for n in names if n.startswith(children[-1] + ".")]
+    patterns = [adapt] if isinstance(adapt, str) else list(adapt)
+    chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if not chosen:
+        raise ValueError(f"adapt={adapt!r} matches no parameter; use 'all', 'head' or patterns over {names}")
+    return chosen
+
+
+@contextmanager
+def grad_enabled() -> Iterator[None]:
+    """Autograd on inside validation/test/predict, which Lightning runs under ``inference_mode``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def usable(data):
+    """Tensors created under ``inference_mode`` cloned into normal tensors (autograd may save them)."""
+    if isinstance(data, TaskBatch):
+        return TaskBatch(*(usable(t) for t in data))
+    return data.clone() if data.is_inference() else data
+
+
+class MAML(MetaLearner):
+    """Model-Agnostic Meta-Learning on any ``nn.Module``, with the inner loop in ``torch.func``.
+
+    For each task: ``phi = theta - inner_lr * grad L(theta, support)``, ``inner_steps`` times; the loss is
+    the query loss of ``phi`` averaged over the meta-batch, and ``training_step`` returns a loss whose
+    ``.backward()`` yields the meta-gradient, so AMP scaling, accumulation, clipping and DDP apply unchanged.
+
+    ``meta_gradient``:
+      * ``"second_order"``: autograd through the unrolled inner loop (exact).
+      * ``"first_order"``: FOMAML, inner gradients treated as constants.
+      * ``"hvp"``: the exact meta-gradient by the reverse recurrence ``v <- v - a H_k v`` with
+        Hessian-vector products (``hvp_method="autograd"`` or ``"finite_difference"``), holding the graph of
+        one inner step at a time; returns a surrogate whose gradient is the meta-gradient and whose value is
+        the query loss.
+
+    Other options: ``eval_inner_steps`` for validation/test (default ``inner_steps``); ``learn_inner_lr``
+    ``"off"``, ``"per_tensor"`` (Meta-SGD style, one lr per adapted tensor) or ``"per_step"`` (MAML++
+    LSLR); ``adapt`` ``"all"``, ``"head"`` (ANIL: the last child module) or name patterns; ``batch_norm``
+    ``"transductive"`` (batch statistics in every forward, no running statistics, the MAML paper's setting)
+    or ``"none"`` (the model must have no BatchNorm); ``vectorize=True`` runs the tasks of a meta-batch in
+    one ``torch.func.vmap`` call (same numbers; on 2 CPU cores the loop was faster, so it is off by
+    default); ``nonfinite="raise"`` stops with the step and task of a non-finite loss, ``"skip"`` skips the
+    meta-batch (not under DDP). ``inner_loss_scale`` multiplies the inner loss before differentiation
+    and divides the gradient back; ``None`` means 1, or ``2**10`` under ``16-mixed`` precision, where inner
+    gradients would otherwise underflow in float16.
+
+    Example:
+        >>> import pytorch_lightning as pl
+        >>> from lightning_meta import EpisodicDataModule, SinusoidTasks
+        >>> from lightning_meta.models import MLP
+        >>> model = MAML(MLP(), inner_lr=0.01, inner_steps=1, eval_inner_steps=10)
+        >>> dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25)
+        >>> pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+        ...            enable_progress_bar=False, enable_model_summary=False,
+        ...            limit_val_batches=1).fit(model, dm)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        meta_gradient: MetaGradient = "second_order",
+        hvp_method: Literal["autograd", "finite_difference"] = "autograd",
+        learn_inner_lr: Literal["off", "per_tensor", "per_step"] = "off",
+        adapt: str | list[str] = "all",
+        batch_norm: Literal["transductive", "none"] = "transductive",
+        vectorize: bool = False,
+        nonfinite: Literal["raise", "skip"] = "raise",
+        inner_loss_scale: float | None = None,
+        task_type: TaskType = "auto",
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__(task_type=task_type, lr=lr)
+        self._check_args(inner_lr, inner_steps, eval_inner_steps, meta_gradient, hvp_method, learn_inner_lr,
+                         batch_norm, nonfinite, inner_loss_scale)
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.meta_gradient, self.hvp_method, self.vectorize = meta_gradient, hvp_method, vectorize
+        self.nonfinite, self.inner_loss_scale = nonfinite, inner_loss_scale
+        self.batch_norm_layers = self._apply_batch_norm_policy(batch_norm)  # after self.vectorize
+        self.adapted = select_adapted(model, adapt)
+        rows = inner_steps if learn_inner_lr == "per_step" else 1
+        lrs = torch.full((rows, len(self.adapted)), float(inner_lr))
+        if learn_inner_lr == "off":
+            self.register_buffer("inner_lrs", lrs)
+        else:
+            self.inner_lrs = nn.Parameter(lrs)
+
+    @staticmethod
+    def _check_args(inner_lr, inner_steps, eval_inner_steps, meta_gradient, hvp_method, learn_inner_lr,
+                    batch_norm, nonfinite, inner_loss_scale) -> None:
+        check_number("inner_lr", inner_lr)
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
+        if eval_inner_steps is not None and (not isinstance(eval_inner_steps, int) or eval_inner_steps < 0):
+            raise ValueError(f"eval_inner_steps must be an integer >= 0, got {eval_inner_steps!r}")
+        check_choice("meta_gradient", meta_gradient, ("second_order", "first_order", "hvp"))
+        check_choice("hvp_method", hvp_method, ("autograd", "finite_difference"))
+        check_choice("learn_inner_lr", learn_inner_lr, ("off", "per_tensor", "per_step"))
+        check_choice("batch_norm", batch_norm, ("transductive", "none"))
+        check_choice("nonfinite", nonfinite, ("raise", "skip"))
+        if inner_loss_scale is not None:
+            check_number("inner_loss_scale", inner_loss_scale)
+
+    def _apply_batch_norm_policy(self, policy: str) -> list[str]:
+        if policy == "transductive":
+            return transductive_batch_norm(self.model, elementary=self.vectorize)
+        layers = [n for n, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if layers:
+            raise ValueError(
+                f"batch_norm='none' but the model has BatchNorm layers {layers}; use batch_norm='transductive' "
+                "or a model without BatchNorm (e.g. Conv4(batch_norm=False))"
+            )
+        return []
+
+    def on_fit_start(self) -> None:
+        policy = "transductive batch statistics" if self.batch_norm_layers else "no BatchNorm layers"
+        self.print(f"MAML BatchNorm policy: {self.hparams.batch_norm} ({policy}: {self.batch_norm_layers})")
+
+    # ------------------------------------------------------------- utilities
+    def _loss_scale(self) -> float:
+        if self.inner_loss_scale is not None:
+            return float(self.inner_loss_scale)
+        trainer = self._trainer
+        precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+        return FP16_INNER_LOSS_SCALE if precision.startswith("16") else 1.0
+
+    def _params(self, detach: bool) -> Params:
+        params = dict(self.model.named_parameters())
+        return {n: p.detach().requires_grad_() for n, p in params.items()} if detach else params
+
+    def _check_finite(self, inner: Tensor, outer: Tensor) -> bool:
+        """``inner [T, steps]`` support losses, ``outer [T]`` query losses; raise or report non-finite."""
+        finite = torch.isfinite(outer).all() & torch.isfinite(inner).all()
+        if bool(finite):
+            return True
+        if self.nonfinite == "skip":
+            return False
+        bad = (~torch.isfinite(inner)).nonzero()
+        where = (f"inner step {int(bad[0, 1])} of task {int(bad[0, 0])}" if len(bad)
+                 else f"the query loss of task {int((~torch.isfinite(outer)).nonzero()[0, 0])}")
+        raise FloatingPointError(
+            f"MAML: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
+            f"(now {self.hparams.inner_lr}) or lr, or set nonfinite='skip'"
+        )
+
+    # --------------------------------------------------------- unrolled path
+    def _run_tasks(self, batch: TaskBatch, steps: int, task_type: str, *, training: bool) -> tuple[Tensor, ...]:
+        """Query losses ``[T]``, query outputs ``[T, M, ...]`` and support losses ``[T, steps]``."""
+        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
+        create_graph = training and self.meta_gradient == "second_order"
+        first_order = training and self.meta_gradient == "first_order"
+        params = self._params(detach=not training)
+        lrs = self.inner_lrs if training else self.inner_lrs.detach()
+        if self.vectorize:
+            return self._run_vmap(task_loss, params, lrs, batch, steps, first_order)
+        results = []
+        for t in range(batch.num_tasks):
+            inner: list[Tensor] = []
+            fast = adapt(task_loss, params, self.adapted, batch.support_x[t], batch.support_y[t], lrs, steps,
+                         create_graph=create_graph, first_order=first_order, loss_scale=self._loss_scale(),
+                         on_step=lambda k, phi, loss, inner=inner: inner.append(loss.detach()))
+            q_loss, q_out = task_loss(fast, batch.query_x[t], batch.query_y[t])
+            results.append((q_loss, q_out, torch.stack(inner) if inner else q_loss.detach().new_zeros(0)))
+        q_losses, q_outs, inner_losses = zip(*results)
+        return torch.stack(q_losses), torch.stack(q_outs), torch.stack(inner_losses)
+
+    def _run_vmap(self, task_loss, params, lrs, batch, steps, first_order) -> tuple[Tensor, ...]:
+        names, scale = self.adapted, self._loss_scale()
+
+        def support_loss(adapted, fast, x, y):
+            return task_loss({**fast, **adapted}, x, y)[0] * scale
+
+        def one_task(params, xs, ys, xq, yq):
+            fast, inner = dict(params), []
+            for k in range(steps):
+                g = grad(support_loss)({n: fast[n] for n in names}, fast, xs, ys)
+                inner.append(task_loss(fast, xs, ys)[0])
+                row = lrs[min(k, lrs.shape[0] - 1)]
+                for i, n in enumerate(names):
+                    step = g[n].detach() if first_order else g[n]
+                    fast[n] = fast[n] - row[i] * step / scale
+            q_loss, q_out = task_loss(fast, xq, yq)
+            return q_loss, q_out, torch.stack(inner) if inner else q_loss.new_zeros(0)
+
+        return vmap(one_task, in_dims=(None, 0, 0, 0, 0), randomness="same")(params, *batch)
+
+    # -------------------------------------------------------------- hvp path
+    def _run_hvp(self, batch: TaskBatch, task_type: str) -> tuple[Tensor, ...]:
+        """Surrogate loss (value: mean query loss; gradient: exact meta-gradient) and metrics inputs."""
+        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
+        params = dict(self.model.named_parameters())
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        lr_total = torch.zeros_like(self.inner_lrs)
+        q_losses, q_outs, inner = [], [], []
+        for t in range(batch.num_tasks):
+            g, lr_g, q_loss, q_out, inner_t = meta_gradient_hvp(
+                task_loss, params, self.adapted, self.inner_lrs, (batch.support_x[t], batch.support_y[t]),
+                (batch.query_x[t], batch.query_y[t]), self.inner_steps, self.hvp_method, self._loss_scale())
+            for n in total:
+                total[n] += g[n]
+            lr_total += lr_g
+            q_losses.append(q_loss), q_outs.append(q_out), inner.append(torch.stack(inner_t))
+        t_count = batch.num_tasks
+        surrogate = sum((p * (total[n] / t_count)).sum() for n, p in params.items())
+        if isinstance(self.inner_lrs, nn.Parameter):
+            surrogate = surrogate + (self.inner_lrs * (lr_total / t_count)).sum()
+        q_losses_t = torch.stack(q_losses)
+        loss = surrogate - surrogate.detach() + q_losses_t.mean()
+        return loss, q_losses_t, torch.stack(q_outs), torch.stack(inner)
+
+    # ------------------------------------------------------------ Lightning
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor | None:
+        task_type = self._last_task_type = self.resolve_task_type(batch)
+        if self.meta_gradient == "hvp":
+            loss, q_losses, q_outs, inner = self._run_hvp(batch, task_type)
+        else:
+            q_losses, q_outs, inner = self._run_tasks(batch, self.inner_steps, task_type, training=True)
+            loss = q_losses.mean()
+        if not self._check_finite(inner, q_losses):
+            return None
+        score = self.episode_score(task_type, q_outs.detach(), batch.query_y)
+        self.log_train(task_type, q_losses.detach().mean(), score, batch.num_tasks)
+        return loss
+
+    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        task_type = self._last_task_type = self.resolve_task_type(batch)
+        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
+        pre_loss, pre_out = self._query(task_loss, self._params(detach=True), batch)
+        self.update_eval(stage, "pre_loss", pre_loss)
+        self.update_eval(stage, "pre_score", self.episode_score(task_type, pre_out, batch.query_y))
+        with grad_enabled():
+            q_losses, q_outs, _ = self._run_tasks(usable(batch), self.eval_inner_steps, task_type, training=False)
+        self.update_eval(stage, "loss", q_losses.detach())
+        self.update_eval(stage, "score", self.episode_score(task_type, q_outs.detach(), batch.query_y))
+
+    def _query(self, task_loss: TaskLoss, params: Params, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """Per-task query loss and output with ``params`` (no adaptation), without a graph."""
+        with torch.no_grad():
+            results = [task_loss(params, batch.query_x[t], batch.query_y[t]) for t in range(batch.num_tasks)]
+        return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        """Query predictions ``[T, M, ...]`` after ``eval_inner_steps`` of adaptation."""
+        task_type = self.resolve_task_type(batch)
+        with grad_enabled():
+            _, q_outs, _ = self._run_tasks(usable(batch), self.eval_inner_steps, task_type, training=False)
+        return q_outs.detach()
+
+    def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
+        """The adapted parameters ``phi`` for one task's support set (no outer graph)."""
+        task_type = self.task_type if self.task_type != "auto" else (
+            "regression" if support_y.is_floating_point() else "classification")
+        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
+        with grad_enabled():
+            support_x, support_y = usable(support_x), usable(support_y)
+            fast = adapt(task_loss, self._params(detach=True), self.adapted, support_x, support_y,
+                         self.inner_lrs.detach(), self.eval_inner_steps if steps is None else steps,
+                         create_graph=False)
+        return {n: p.detach() for n, p in fast.items()}
+
+    def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
+        """The backbone's output with ``params`` (e.g. from :meth:`adapted_params`), or with ``theta``."""
+        return self.model(x) if params is None else functional_call(self.model, params, (x,))
+
+
+

@@ -1,0 +1,157 @@
+import warnings
+
+import pytest
+import torch
+from maml_oracles import finite_difference_gradient, first_order_gradient, second_order_gradient
+
+from lightning_meta import MAML, SinusoidTasks, TaskBatch
+from lightning_meta.data.seeding import task_generator
+from lightning_meta.functional import TaskLoss, hvp
+from lightning_meta.models import MLP, Conv4
+
+warnings.filterwarnings("ignore", message=".*self.trainer.*")
+warnings.filterwarnings("ignore", message=".*self.log.*")
+
+
+def sinusoid_batch(tasks=3, shots=5, dtype=torch.float64):
+    batch = SinusoidTasks(shots=shots, queries=6).sample("train", [task_generator(1, "train", 0, i) for i in range(tasks)])
+    return TaskBatch(*(t.to(dtype) for t in batch))
+
+
+def small_mlp(dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return MLP(hidden=(6, 6), activation="tanh").to(dtype)
+
+
+def meta_grad(model: MAML, batch) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return grads
+
+
+def model_weights(maml):
+    return [p.detach() for p in maml.model.parameters()]
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_second_order_equals_unrolled_oracle_and_finite_differences(steps):
+    batch = sinusoid_batch()
+    maml = MAML(small_mlp(), inner_lr=0.05, inner_steps=steps, meta_gradient="second_order")
+    got = list(meta_grad(maml, batch).values())
+    oracle = second_order_gradient(model_weights(maml), batch, 0.05, steps)
+    for g, o in zip(got, oracle):
+        torch.testing.assert_close(g, o, atol=1e-6, rtol=1e-6)
+    fd = finite_difference_gradient(model_weights(maml), batch, 0.05, steps)
+    for g, f in zip(got, fd):
+        torch.testing.assert_close(g, f, atol=1e-4, rtol=1e-4)
+
+
+def test_first_order_equals_fomaml_formula_and_differs_from_second_order():
+    batch = sinusoid_batch()
+    maml = MAML(small_mlp(), inner_lr=0.05, inner_steps=2, meta_gradient="first_order")
+    got = list(meta_grad(maml, batch).values())
+    oracle = first_order_gradient(model_weights(maml), batch, 0.05, 2)
+    for g, o in zip(got, oracle):
+        torch.testing.assert_close(g, o, atol=1e-6, rtol=1e-6)
+    exact = second_order_gradient(model_weights(maml), batch, 0.05, 2)
+    assert max((g - e).abs().max().item() for g, e in zip(got, exact)) > 1e-4
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_hvp_equals_second_order(steps):
+    batch = sinusoid_batch()
+    exact = meta_grad(MAML(small_mlp(), inner_lr=0.05, inner_steps=steps), batch)
+    for method in ("autograd", "finite_difference"):
+        maml = MAML(small_mlp(), inner_lr=0.05, inner_steps=steps, meta_gradient="hvp", hvp_method=method)
+        got = meta_grad(maml, batch)
+        for name in exact:
+            torch.testing.assert_close(got[name], exact[name], atol=1e-6, rtol=1e-6)
+
+
+def test_hvp_loss_value_is_the_query_loss():
+    batch = sinusoid_batch()
+    a = MAML(small_mlp(), inner_lr=0.05, inner_steps=2).training_step(batch, 0)
+    b = MAML(small_mlp(), inner_lr=0.05, inner_steps=2, meta_gradient="hvp").training_step(batch, 0)
+    torch.testing.assert_close(a.detach(), b.detach(), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("learn_inner_lr, adapt", [("per_step", "all"), ("per_tensor", "head"), ("off", ["head.*"])])
+def test_hvp_equals_second_order_with_learned_lrs_and_partial_adaptation(learn_inner_lr, adapt):
+    batch = sinusoid_batch()
+    kwargs = dict(inner_lr=0.05, inner_steps=3, learn_inner_lr=learn_inner_lr, adapt=adapt)
+    exact = meta_grad(MAML(small_mlp(), **kwargs), batch)
+    got = meta_grad(MAML(small_mlp(), meta_gradient="hvp", **kwargs), batch)
+    assert set(got) == set(exact)
+    if learn_inner_lr != "off":
+        assert "inner_lrs" in exact and exact["inner_lrs"].abs().sum() > 0
+    for name in exact:
+        torch.testing.assert_close(got[name], exact[name], atol=1e-6, rtol=1e-6)
+
+
+def test_hvp_and_second_order_agree_on_conv4_with_batch_norm():
+    torch.manual_seed(0)
+    x = torch.rand(2, 6, 1, 16, 16, dtype=torch.float64)
+    batch = TaskBatch(x[:, :3], torch.tensor([[0, 1, 2]] * 2), x[:, 3:], torch.tensor([[2, 0, 1]] * 2))
+    models = []
+    for mode in ("second_order", "hvp"):
+        torch.manual_seed(1)
+        models.append(MAML(Conv4(out_features=3, hidden=4, image_size=16).double(), inner_lr=0.3, inner_steps=2,
+                           meta_gradient=mode))
+    exact, got = meta_grad(models[0], batch), meta_grad(models[1], batch)
+    for name in exact:
+        torch.testing.assert_close(got[name], exact[name], atol=1e-6, rtol=1e-6)
+
+
+def relative_error(a: dict, b: dict) -> float:
+    num = sum(((a[n] - b[n]) ** 2).sum() for n in a) ** 0.5
+    return float(num / sum((b[n] ** 2).sum() for n in b) ** 0.5)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
+def test_finite_difference_hvp_matches_autograd_on_tanh_mlp(dtype, tolerance):
+    model = small_mlp(dtype)
+    batch = sinusoid_batch(dtype=dtype)
+    params = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    direction = {n: torch.randn(p.shape, generator=gen).to(dtype) for n, p in params.items()}
+    task_loss = TaskLoss(model, torch.nn.functional.mse_loss)
+    exact = hvp(task_loss, params, direction, batch.support_x[0], batch.support_y[0], "autograd")
+    approx = hvp(task_loss, params, direction, batch.support_x[0], batch.support_y[0], "finite_difference")
+    assert relative_error(approx, exact) < tolerance
+
+
+def test_vmap_and_loop_agree_in_training_and_evaluation():
+    torch.manual_seed(0)
+    x = torch.rand(3, 8, 1, 16, 16, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 1])
+    batch = TaskBatch(x[:, :4], labels.repeat(3, 1), x[:, 4:], labels.flip(0).repeat(3, 1))
+    results = []
+    for vectorize in (False, True):
+        torch.manual_seed(1)
+        maml = MAML(Conv4(out_features=2, hidden=4, image_size=16).double(), inner_lr=0.2, inner_steps=2,
+                    vectorize=vectorize)
+        grads = meta_grad(maml, batch)
+        results.append((grads, maml.predict_step(batch, 0)))
+    for name in results[0][0]:
+        torch.testing.assert_close(results[1][0][name], results[0][0][name], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-9, rtol=1e-9)
+
+
+def test_transductive_batch_norm_keeps_no_running_statistics():
+    maml = MAML(Conv4(out_features=2, hidden=4, image_size=16))
+    assert maml.batch_norm_layers == ["features.0.1", "features.1.1", "features.2.1", "features.3.1"]
+    assert not any("running" in k for k in maml.state_dict())
+    x = torch.rand(4, 1, 16, 16)
+    maml.eval()
+    # batch statistics in eval mode too: an output depends on the other inputs of its batch
+    assert not torch.allclose(maml(x)[:2], maml(x[:2]))
+
+
+def test_inner_loss_scale_leaves_gradients_unchanged():
+    batch = sinusoid_batch(dtype=torch.float32)
+    a = meta_grad(MAML(small_mlp(torch.float32), inner_lr=0.05, inner_steps=2), batch)
+    b = meta_grad(MAML(small_mlp(torch.float32), inner_lr=0.05, inner_steps=2, inner_loss_scale=1024.0), batch)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)

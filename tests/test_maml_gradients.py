@@ -14,7 +14,8 @@ warnings.filterwarnings("ignore", message=".*self.log.*")
 
 
 def sinusoid_batch(tasks=3, shots=5, dtype=torch.float64):
-    batch = SinusoidTasks(shots=shots, queries=6).sample("train", [task_generator(1, "train", 0, i) for i in range(tasks)])
+    generators = [task_generator(1, "train", 0, i) for i in range(tasks)]
+    batch = SinusoidTasks(shots=shots, queries=6).sample("train", generators)
     return TaskBatch(*(t.to(dtype) for t in batch))
 
 

@@ -9,9 +9,10 @@ gradients (``"finite_difference"``, for layers without a double backward):
 The displacement ``eps * w`` then has norm ``cbrt(machine_eps)`` (times the parameters' RMS when that
 exceeds 1), which balances truncation (O(eps^2)) against rounding (O(machine_eps / eps)): about 5e-3 for
 float32 and 6e-6 for float64. Measured on a tanh MLP in float32, displacement norms from 3e-3 to 1e-2 gave
-3e-5 to 9e-5 relative error; 10x larger or smaller steps were 5-20x worse. In float32 this is accurate (~1e-4 relative) on smooth models such as a
-tanh MLP; on ReLU + BatchNorm networks the gradient is piecewise and the float32 estimate can be off by
-O(1) relative error at any step size. Use it for smooth models or float64.
+3e-5 to 9e-5 relative error; 10x larger or smaller steps were 5-20x worse. So in float32 it is accurate
+(~1e-4 relative) on smooth models; on ReLU + BatchNorm networks the gradient is only piecewise smooth and
+the float32 estimate can be off by O(1) relative error at every step size (see ``benchmarks/maml.py``).
+Use it for smooth models or in float64.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def check_number(name: str, value: float, minimum: float = 0.0, strict: bool = T
     bad = not isinstance(value, int | float) or isinstance(value, bool)
     if bad or value < minimum or (strict and value == minimum):
         sign = ">" if strict else ">="
-        raise ValueError(f"{name} must be a number {sign} {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be a number {sign} {minimum:g}, got {value!r}")
 
 
 class MetaLearner(pl.LightningModule):

@@ -1,0 +1,152 @@
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from maml_job import build, trainer  # noqa: E402
+
+from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks, TaskBatch  # noqa: E402
+from lightning_meta.models import MLP, Conv4  # noqa: E402
+
+
+def fit(meta_batch, steps, **kwargs):
+    model, dm = build(meta_batch, kwargs.pop("meta_gradient", "second_order"))
+    trainer(max_steps=steps, devices=1, **kwargs).fit(model, dm)
+    return model
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_weights(a, b, tol=1e-6):
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_two_rank_ddp_update_equals_one_device(tmp_path, strategy):
+    run_script("ddp_maml.py", str(tmp_path), strategy, "4", "3", "second_order")
+    saved = torch.load(tmp_path / f"{strategy}.pt", weights_only=False)
+    single = fit(8, 3)
+    assert_same_weights(single.state_dict(), saved["state"])
+    if strategy == "ddp":  # test metrics synced over ranks = one rank over the same 600 episodes
+        model, dm = build(8)
+        model.load_state_dict(saved["state"])
+        one = trainer(devices=1).test(model, dm, verbose=False)[0]
+        for key in ("test/mse", "test/mse_ci95", "test/pre_mse"):
+            assert saved["test"][key] == pytest.approx(one[key], rel=1e-5)
+
+
+def test_accumulate_grad_batches_equals_larger_meta_batch():
+    assert_same_weights(fit(8, 3).state_dict(), fit(4, 3, accumulate_grad_batches=2).state_dict())
+
+
+def test_checkpoint_resume_reaches_the_same_weights(tmp_path):
+    full = fit(4, 6, meta_gradient="hvp")
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
+    fit(4, 3, meta_gradient="hvp", callbacks=[ckpt], enable_checkpointing=True)
+    model, dm = build(4, "hvp")
+    trainer(max_steps=6, devices=1).fit(model, dm, ckpt_path=str(tmp_path / "epoch=0-step=3.ckpt"))
+    assert_same_weights(full.state_dict(), model.state_dict(), tol=1e-7)
+
+
+def sinusoid_maml(**kwargs):
+    torch.manual_seed(0)
+    model = MAML(MLP(), inner_lr=0.01, inner_steps=1, eval_inner_steps=10, **kwargs)
+    dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25, train_episodes_per_epoch=2500,
+                            val_episodes=50, test_episodes=200, eval_meta_batch_size=50)
+    return model, dm
+
+
+def test_sinusoid_post_adaptation_mse_clearly_below_pre_adaptation():
+    model, dm = sinusoid_maml()
+    t = trainer(max_steps=300, devices=1, limit_val_batches=0)
+    t.fit(model, dm)
+    result = t.test(model, dm, verbose=False)[0]
+    assert result["test/mse"] < 0.75 * result["test/pre_mse"]
+    assert result["test/mse_ci95"] > 0
+
+
+def test_bf16_mixed_trains_on_cpu(tmp_path):
+    model, dm = sinusoid_maml()
+    before = trainer(devices=1, precision="bf16-mixed").test(model, dm, verbose=False)[0]["test/mse"]
+    logger = CSVLogger(tmp_path)
+    t = trainer(max_steps=300, devices=1, precision="bf16-mixed", limit_val_batches=0, logger=logger,
+                log_every_n_steps=10)
+    t.fit(model, dm)
+    after = t.test(model, dm, verbose=False)[0]["test/mse"]
+    rows = read_csv(Path(logger.log_dir) / "metrics.csv")
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 25 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert after < 0.8 * before
+
+
+def test_early_stopping_and_learning_rate_monitor(tmp_path):
+    model, dm = sinusoid_maml(lr=1e-12)
+    dm.train_episodes_per_epoch = 50
+    stop = EarlyStopping(monitor="val/loss", patience=1, mode="min", min_delta=1.0)
+    logger = CSVLogger(tmp_path)
+    t = trainer(max_epochs=20, devices=1, callbacks=[stop, LearningRateMonitor()], logger=logger,
+                log_every_n_steps=1)
+    t.fit(model, dm)
+    assert 0 < stop.stopped_epoch < 19 and t.current_epoch < 20
+    rows = read_csv(Path(logger.log_dir) / "metrics.csv")
+    lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
+    assert lrs and all(v == pytest.approx(1e-12) for v in lrs)
+
+
+def test_model_checkpoint_monitors_val_acc_on_classification(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(40, 1, 16, 16)
+    from torch.utils.data import TensorDataset
+
+    from lightning_meta import ClassificationTasks
+
+    data = TensorDataset(x, torch.arange(40) % 8)
+    tasks = ClassificationTasks(data, ways=2, shots=1, queries=2, splits={"train": [0, 1, 2, 3], "val": [4, 5],
+                                                                          "test": [6, 7]})
+    dm = EpisodicDataModule(tasks, meta_batch_size=2, train_episodes_per_epoch=4, val_episodes=4, test_episodes=4)
+    model = MAML(Conv4(out_features=2, hidden=4, image_size=16), inner_lr=0.4)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max")
+    trainer(max_epochs=2, devices=1, callbacks=[ckpt], enable_checkpointing=True).fit(model, dm)
+    assert ckpt.best_model_path and 0.0 <= float(ckpt.best_model_score) <= 1.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(inner_lr=-0.1), "inner_lr must be a number > 0, got -0.1"),
+    (dict(meta_gradient="third_order"), "meta_gradient must be one of ['second_order', 'first_order', 'hvp']"),
+    (dict(inner_steps=0), "inner_steps must be an integer >= 1, got 0"),
+    (dict(adapt=["nothing.*"]), "adapt=['nothing.*'] matches no parameter"),
+    (dict(hvp_method="forward"), "hvp_method must be one of ['autograd', 'finite_difference']"),
+    (dict(learn_inner_lr="yes"), "learn_inner_lr must be one of ['off', 'per_tensor', 'per_step']"),
+])
+def test_bad_arguments_raise_at_construction(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        MAML(MLP(), **kwargs)
+    assert message in str(info.value)
+
+
+def test_batch_norm_none_refuses_a_model_with_batch_norm():
+    with pytest.raises(ValueError, match="batch_norm='none' but the model has BatchNorm layers"):
+        MAML(Conv4(), batch_norm="none")
+    assert MAML(Conv4(batch_norm=False), batch_norm="none").batch_norm_layers == []
+
+
+@pytest.mark.parametrize("mode", ["second_order", "hvp"])
+def test_non_finite_loss_names_step_and_task(mode):
+    model = MAML(MLP(), inner_lr=0.01, inner_steps=2, meta_gradient=mode)
+    x = torch.zeros(3, 4, 1)
+    x[1, 2, 0] = float("inf")
+    batch = TaskBatch(x, torch.zeros(3, 4, 1), torch.zeros(3, 4, 1), torch.zeros(3, 4, 1))
+    with pytest.raises(FloatingPointError, match="non-finite loss at inner step 0 of task 1"):
+        model.training_step(batch, 0)
+    skip = MAML(MLP(), inner_lr=0.01, nonfinite="skip", meta_gradient=mode)
+    assert skip.training_step(batch, 0) is None

@@ -12,16 +12,21 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    """3x3 conv -> BatchNorm (optional) -> ReLU -> 2x2 max-pool."""
+    """3x3 conv -> BatchNorm (optional) -> 2x2 max-pool -> ReLU.
+
+    ``relu(maxpool(x)) == maxpool(relu(x))`` (both are monotone), so this is the classic
+    conv-BN-ReLU-pool block; pooling first runs the ReLU on a quarter of the values.
+    """
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
     if batch_norm:
         layers.append(nn.BatchNorm2d(out_channels))
-    layers += [nn.ReLU(), nn.MaxPool2d(2)]
+    layers += [nn.MaxPool2d(2), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
 class Conv4(nn.Module):
-    """Four ``[3x3 conv hidden, BatchNorm, ReLU, 2x2 max-pool]`` blocks and a linear head.
+    """Four ``[3x3 conv hidden, BatchNorm, ReLU, 2x2 max-pool]`` blocks and a linear head (pool and ReLU swapped,
+    which computes the same function).
 
     The backbone of MAML and Prototypical Networks (64 filters). ``image_size`` sets the flattened feature
     size (28 -> 64 features, 84 -> 1600). With ``embed_only=True`` there is no head and the forward returns

@@ -1,0 +1,230 @@
+"""MAML tasks/s and memory: lightning-meta's MAML beside learn2learn's, on the identical Conv-4.
+
+    python benchmarks/maml.py [--rounds 3] [--steps 2] [--skip-memory]
+
+Setting: Omniglot 5-way 1-shot 15-query, Conv-4 (64 filters, BatchNorm), meta-batch 32, 1 inner step
+(inner lr 0.4), Adam 1e-3, on real Omniglot meta-batches. Contenders run alternately, round by round, and
+the median per contender is reported:
+
+* training tasks/s: ``MAML.training_step`` + backward + Adam step for each ``meta_gradient``, against
+  ``learn2learn.algorithms.MAML`` (clone/adapt per task, ``first_order`` False/True) on the same batches.
+* evaluation episodes/s: our validation step (inner-loop gradients only, no outer graph), against
+  learn2learn's ``LightningMAML.meta_learn`` (its validation step, which builds outer graphs).
+* memory added by one training step at 1, 5, 10 inner steps, second_order vs hvp, each in a fresh process
+  (CUDA: ``max_memory_allocated`` after a reset; CPU: peak RSS during the step minus RSS before it).
+
+Prints tables and saves ``benchmarks/results/maml.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import omniglot_root, save
+
+from lightning_meta import MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
+from lightning_meta.models import Conv4
+
+WAYS, SHOTS, QUERIES, META_BATCH, INNER_LR = 5, 1, 15, 32, 0.4
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def batches(n: int) -> list[TaskBatch]:
+    tasks = OmniglotTasks(str(omniglot_root()), ways=WAYS, shots=SHOTS, queries=QUERIES)
+    dm = EpisodicDataModule(tasks, meta_batch_size=META_BATCH, train_episodes_per_epoch=META_BATCH * n)
+    dm.setup("fit")
+    return [TaskBatch(*(t.to(DEVICE) for t in b)) for b in dm.train_dataloader()]
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ours_train(mode: str, **kwargs):
+    torch.manual_seed(0)
+    maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, meta_gradient=mode, **kwargs).to(DEVICE)
+    opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
+
+    def step(batch: TaskBatch) -> None:
+        opt.zero_grad()
+        maml.training_step(batch, 0).backward()
+        opt.step()
+
+    maml.log = lambda *a, **k: None  # no trainer attached: skip logging
+    return step
+
+
+def l2l_train(first_order: bool):
+    import learn2learn as l2l
+
+    torch.manual_seed(0)
+    maml = l2l.algorithms.MAML(Conv4(out_features=WAYS).to(DEVICE), lr=INNER_LR, first_order=first_order)
+    opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def step(batch: TaskBatch) -> None:
+        opt.zero_grad()
+        total = 0.0
+        for t in range(batch.num_tasks):
+            learner = maml.clone()
+            learner.adapt(loss_fn(learner(batch.support_x[t]), batch.support_y[t]))
+            total = total + loss_fn(learner(batch.query_x[t]), batch.query_y[t])
+        (total / batch.num_tasks).backward()
+        opt.step()
+
+    return step
+
+
+def ours_eval():
+    torch.manual_seed(0)
+    maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, eval_inner_steps=1).to(DEVICE)
+    maml.log = lambda *a, **k: None
+    maml.eval()
+
+    def step(batch: TaskBatch) -> None:
+        with torch.no_grad():
+            maml.validation_step(batch, 0)
+        maml.episode_metrics.reset() if hasattr(maml.episode_metrics, "reset") else None
+
+    return step
+
+
+def l2l_eval():
+    from learn2learn.algorithms import LightningMAML
+
+    torch.manual_seed(0)
+    module = LightningMAML(Conv4(out_features=WAYS).to(DEVICE), adaptation_lr=INNER_LR, adaptation_steps=1)
+
+    def step(batch: TaskBatch) -> None:
+        for t in range(batch.num_tasks):
+            data, labels = l2l_layout(batch, t)
+            with torch.enable_grad():
+                module.meta_learn((data, labels), 0, WAYS, SHOTS, QUERIES)
+
+    return step
+
+
+def l2l_layout(batch: TaskBatch, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task as learn2learn's (data, labels): per class, its shots then its queries."""
+    xs, ys, xq, yq = batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t]
+    data = torch.cat([torch.cat([xs[ys == c], xq[yq == c]]) for c in range(WAYS)])
+    labels = torch.arange(WAYS, device=data.device).repeat_interleave(SHOTS + QUERIES)
+    return data, labels
+
+
+def race(contenders: dict, data: list[TaskBatch], rounds: int, steps: int) -> dict[str, float]:
+    """Median tasks/s per contender, contenders alternating within each round."""
+    for fn in contenders.values():  # warm-up
+        fn(data[0])
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for r in range(rounds):
+        for name, fn in contenders.items():
+            sync()
+            start = time.perf_counter()
+            for i in range(steps):
+                fn(data[(r * steps + i) % len(data)])
+            sync()
+            times[name].append(steps * META_BATCH / (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def memory_child(mode: str, steps: int) -> None:
+    """Run in a fresh process: memory one training step adds, printed as JSON."""
+    torch.manual_seed(0)
+    x = torch.rand(META_BATCH, WAYS * (SHOTS + QUERIES), 1, 28, 28, device=DEVICE)
+    y = torch.arange(WAYS, device=DEVICE).repeat(META_BATCH, SHOTS + QUERIES)
+    batch = TaskBatch(x[:, : WAYS * SHOTS], y[:, : WAYS * SHOTS], x[:, WAYS * SHOTS :], y[:, WAYS * SHOTS :])
+    maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, inner_steps=steps, meta_gradient=mode).to(DEVICE)
+    maml.log = lambda *a, **k: None
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        maml.training_step(batch, 0).backward()
+        torch.cuda.synchronize()
+        added = torch.cuda.max_memory_allocated() - before
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+        before = rss_kib("VmRSS")
+        maml.training_step(batch, 0).backward()
+        added = (rss_kib("VmHWM") - before) * 1024
+    print(json.dumps({"mode": mode, "steps": steps, "added_bytes": int(added)}))
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_table() -> list[dict]:
+    rows = []
+    for mode in ("second_order", "hvp"):
+        for steps in (1, 5, 10):
+            out = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(steps)],
+                                 capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    return rows
+
+
+def l2l_available() -> bool:
+    try:
+        import learn2learn  # noqa: F401
+    except ImportError:
+        print("learn2learn is not importable: run `bash scripts/install_learn2learn.sh` for the comparison")
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "STEPS"))
+    args = parser.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child[0], int(args.memory_child[1]))
+    data = batches(max(4, args.rounds * args.steps))
+    has_l2l = l2l_available()
+    train = {f"ours_{m}": ours_train(m) for m in ("second_order", "first_order", "hvp")}
+    train["ours_second_order_vmap"] = ours_train("second_order", vectorize=True)
+    if has_l2l:
+        train["l2l_second_order"], train["l2l_first_order"] = l2l_train(False), l2l_train(True)
+    train_rates = race(train, data, args.rounds, args.steps)
+    evals = {"ours_eval": ours_eval(), **({"l2l_lightning_maml_eval": l2l_eval()} if has_l2l else {})}
+    eval_rates = race(evals, data, args.rounds, args.steps)
+    ratios = {}
+    if has_l2l:
+        for name, value in train_rates.items():
+            peer = "l2l_first_order" if "first_order" in name else "l2l_second_order"
+            ratios[name] = value / train_rates[peer]
+        ratios["ours_eval"] = eval_rates["ours_eval"] / eval_rates["l2l_lightning_maml_eval"]
+    print(f"\n{'training':28s} {'tasks/s':>9s} {'x l2l':>7s}")
+    for name, value in train_rates.items():
+        print(f"{name:28s} {value:9.1f} {ratios.get(name, float('nan')):7.2f}")
+    print(f"\n{'evaluation':28s} {'eps/s':>9s} {'x l2l':>7s}")
+    for name, value in eval_rates.items():
+        print(f"{name:28s} {value:9.1f} {ratios.get(name, float('nan')):7.2f}")
+    memory = [] if args.skip_memory else memory_table()
+    if memory:
+        print(f"\n{'memory added by one step':28s} {'steps':>5s} {'MiB':>9s}")
+        for row in memory:
+            print(f"{row['mode']:28s} {row['steps']:5d} {row['added_bytes'] / 2**20:9.1f}")
+    save("maml", {"device": str(DEVICE), "setting": {"ways": WAYS, "shots": SHOTS, "queries": QUERIES,
+                  "meta_batch": META_BATCH, "inner_steps": 1, "inner_lr": INNER_LR},
+                  "train_tasks_per_s": train_rates, "eval_episodes_per_s": eval_rates,
+                  "ratio_vs_learn2learn": ratios, "memory": memory})
+
+
+if __name__ == "__main__":
+    main()

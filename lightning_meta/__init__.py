@@ -1,6 +1,6 @@
 """lightning-meta: meta-learning (MAML, black-box adaptation) as PyTorch Lightning plugins."""
 
-from lightning_meta.algorithms import MAML, MetaLearner
+from lightning_meta.algorithms import MAML, BlackBoxAdaptation, MetaLearner
 from lightning_meta.data import (
     ClassificationTasks,
     EpisodicDataModule,
@@ -14,6 +14,7 @@ from lightning_meta.data import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlackBoxAdaptation",
     "ClassificationTasks",
     "EpisodicDataModule",
     "Learn2LearnTasks",

@@ -1,0 +1,199 @@
+"""Black-box adaptation: a network reads the support set into a task vector h_i; a predictor answers queries."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_meta.algorithms.base import MetaLearner, TaskType, check_choice
+from lightning_meta.data.episodes import TaskBatch
+
+Aggregator = Literal["mean", "attention", "sequence"]
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class BlackBoxAdaptation(MetaLearner):
+    """``phi_i = {h_i, theta_g}``: an encoder reads the support set into a task vector ``h_i``, and a predictor
+    ``g(x_query; h_i, theta_g)`` answers the queries. One forward pass per task, no inner gradient steps.
+
+    Each support pair becomes ``e = pair_net([encoder(x), y])`` (``y`` one-hot for classification, the
+    value for regression). ``aggregator`` chooses how ``h_i`` and the query read-out are formed:
+
+    * ``"mean"``: ``h_i = task_net(mean e)`` (DeepSets / CNP); invariant to the order of the support set.
+    * ``"attention"``: ``h_i`` as for mean, plus each query attends (multi-head) over the support pairs;
+      invariant to the order of the support set.
+    * ``"sequence"``: a causal transformer reads the support pairs in order, then each query (which sees every
+      support token, not the other queries), MANN/SNAIL style; **sensitive to the order** of the support set.
+
+    Classification: ``ways`` is the width of the one-hot label input and of the output head; tasks with fewer
+    ways at test time are handled (unused logits masked), more ways raise a clear error. Any number of shots
+    works. Regression: ``y_dim`` target values; with ``predict_variance=True`` the predictor outputs a
+    mean and a variance trained by Gaussian NLL as in CNPs, and the reported metric is the MSE of the mean.
+
+    The encoder's output size is ``feature_dim`` or, when omitted, the encoder's ``feature_dim`` attribute
+    (``Conv4(embed_only=True)`` has one).
+
+    Example:
+        >>> import torch
+        >>> from lightning_meta.models import MLP
+        >>> model = BlackBoxAdaptation(MLP(out_features=32, hidden=(32,)), feature_dim=32, task_dim=16)
+        >>> h = model.task_vector(torch.randn(4, 10, 1), torch.randn(4, 10, 1))
+        >>> h.shape
+        torch.Size([4, 16])
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        aggregator: Aggregator = "mean",
+        task_dim: int = 64,
+        hidden: int = 128,
+        feature_dim: int | None = None,
+        ways: int = 5,
+        y_dim: int = 1,
+        predict_variance: bool = False,
+        heads: int = 4,
+        layers: int = 2,
+        task_type: TaskType = "auto",
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__(task_type=task_type, lr=lr)
+        check_choice("aggregator", aggregator, ("mean", "attention", "sequence"))
+        feature_dim = feature_dim if feature_dim is not None else getattr(encoder, "feature_dim", None)
+        if not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError("feature_dim must be given (an int >= 1) when the encoder has no `feature_dim` attribute")
+        for name, value in (("task_dim", task_dim), ("hidden", hidden), ("ways", ways), ("y_dim", y_dim),
+                            ("heads", heads), ("layers", layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder, self.aggregator, self.ways, self.y_dim = encoder, aggregator, ways, y_dim
+        self.predict_variance = predict_variance
+        label_dim = max(ways, y_dim)
+        self.pair_net = mlp([feature_dim + label_dim, hidden, hidden])
+        self.task_net = mlp([hidden, hidden, task_dim])
+        readout = 0
+        if aggregator == "attention":
+            self.query_proj, self.key_proj = nn.Linear(feature_dim, hidden), nn.Linear(feature_dim, hidden)
+            self.attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
+            readout = hidden
+        elif aggregator == "sequence":
+            self.token_in = nn.Linear(feature_dim + label_dim, hidden)
+            block = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, batch_first=True)
+            self.sequence = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+            readout = hidden
+        self.out_dim = max(ways, 2 * y_dim if predict_variance else y_dim)
+        self.predictor = mlp([feature_dim + task_dim + readout, hidden, hidden, self.out_dim])
+
+    # ------------------------------------------------------------------ model
+    def _features(self, x: Tensor) -> Tensor:
+        t, m = x.shape[:2]
+        return self.encoder(x.flatten(0, 1)).reshape(t, m, -1)
+
+    def _labels(self, y: Tensor, task_type: str) -> Tensor:
+        width = max(self.ways, self.y_dim)
+        if task_type == "classification":
+            return F.one_hot(y, width).to(torch.get_default_dtype())
+        return F.pad(y.float(), (0, width - y.shape[-1]))
+
+    def _check(self, batch: TaskBatch, task_type: str) -> int:
+        if task_type == "classification":
+            ways = int(batch.support_y.max()) + 1
+            if ways > self.ways or int(batch.query_y.max()) >= self.ways:
+                raise ValueError(
+                    f"this BlackBoxAdaptation has a {self.ways}-way label input and head; a task with {ways} ways "
+                    f"cannot be answered. Use tasks with ways <= {self.ways} or build it with ways >= {ways}"
+                )
+            return ways
+        if batch.support_y.shape[-1] != self.y_dim:
+            raise ValueError(f"regression targets have {batch.support_y.shape[-1]} values, but y_dim={self.y_dim}")
+        return 0
+
+    def task_vector(self, support_x: Tensor, support_y: Tensor, task_type: str | None = None) -> Tensor:
+        """``h_i`` ``[T, task_dim]`` of each support set (``support_x [T, S, ...]``, ``support_y [T, S(, d)]``)."""
+        task_type = task_type or ("regression" if support_y.is_floating_point() else "classification")
+        pairs = self.pair_net(torch.cat([self._features(support_x), self._labels(support_y, task_type)], -1))
+        return self.task_net(pairs.mean(1))
+
+    def forward(self, batch: TaskBatch) -> Tensor:
+        """Raw predictor outputs for the queries, ``[T, Q, out]`` (logits, or mean and variance parameters)."""
+        task_type = self.resolve_task_type(batch)
+        ways = self._check(batch, task_type)
+        fs, fq = self._features(batch.support_x), self._features(batch.query_x)
+        labels = self._labels(batch.support_y, task_type)
+        pairs = self.pair_net(torch.cat([fs, labels], -1))
+        h = self.task_net(pairs.mean(1))
+        parts = [fq, h[:, None].expand(-1, fq.shape[1], -1)]
+        if self.aggregator == "attention":
+            read, _ = self.attention(self.query_proj(fq), self.key_proj(fs), pairs, need_weights=False)
+            parts.append(read)
+        elif self.aggregator == "sequence":
+            parts.append(self._sequence(fs, labels, fq))
+        out = self.predictor(torch.cat(parts, -1))
+        if task_type == "classification" and ways < self.ways:
+            out = out.masked_fill(torch.arange(self.ways, device=out.device) >= ways, float("-inf"))
+        return out
+
+    def _sequence(self, fs: Tensor, labels: Tensor, fq: Tensor) -> Tensor:
+        s, q = fs.shape[1], fq.shape[1]
+        tokens = self.token_in(torch.cat([torch.cat([fs, labels], -1), F.pad(fq, (0, labels.shape[-1]))], 1))
+        n = s + q
+        allowed = torch.ones(n, n, dtype=torch.bool, device=fs.device).tril()  # support: causal
+        allowed[s:, s:] = torch.eye(q, dtype=torch.bool, device=fs.device)  # a query sees supports and itself
+        return self.sequence(tokens, mask=~allowed)[:, s:]
+
+    # ------------------------------------------------------------- objective
+    def _predict(self, batch: TaskBatch, task_type: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-task loss ``[T]``, per-task score ``[T]`` and the point prediction."""
+        out = self(batch)
+        t, q = out.shape[:2]
+        if task_type == "classification":
+            logits = out[..., : self.ways]
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.query_y.flatten(), reduction="none")
+            return loss.view(t, q).mean(1), self.episode_score(task_type, logits.detach(), batch.query_y), logits
+        mean = out[..., : self.y_dim]
+        if self.predict_variance:
+            var = F.softplus(out[..., self.y_dim : 2 * self.y_dim]) + 1e-3
+            loss = F.gaussian_nll_loss(mean.float(), batch.query_y.float(), var.float(), reduction="none")
+        else:
+            loss = F.mse_loss(mean.float(), batch.query_y.float(), reduction="none")
+        score = self.episode_score(task_type, mean.detach(), batch.query_y)
+        return loss.flatten(1).mean(1), score, mean
+
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        task_type = self._last_task_type = self.resolve_task_type(batch)
+        losses, score, _ = self._predict(batch, task_type)
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"BlackBoxAdaptation: non-finite loss at global step {self.global_step}")
+        self.log_train(task_type, loss.detach(), score, batch.num_tasks)
+        return loss
+
+    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        task_type = self._last_task_type = self.resolve_task_type(batch)
+        losses, score, _ = self._predict(batch, task_type)
+        self.update_eval(stage, "loss", losses.detach())
+        self.update_eval(stage, "score", score)
+
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        """Query predictions: logits ``[T, Q, ways]`` or means ``[T, Q, y_dim]``."""
+        return self._predict(batch, self.resolve_task_type(batch))[2]

@@ -1,0 +1,29 @@
+"""A small black-box sinusoid job, shared by the single-device test and the DDP script."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_meta import BlackBoxAdaptation, EpisodicDataModule, SinusoidTasks
+from lightning_meta.models import MLP
+
+
+class SGDBlackBox(BlackBoxAdaptation):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def build(meta_batch: int):
+    torch.manual_seed(0)
+    model = SGDBlackBox(MLP(out_features=16, hidden=(16,)), feature_dim=16, aggregator="attention", task_dim=8,
+                        hidden=16, lr=0.05)
+    dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch,
+                            train_episodes_per_epoch=1000, val_episodes=0, test_episodes=0, seed=3)
+    return model, dm
+
+
+def trainer(**kwargs) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0)
+    return pl.Trainer(**{**defaults, **kwargs})

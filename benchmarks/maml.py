@@ -83,16 +83,18 @@ def l2l_train(first_order: bool):
     return step
 
 
-def ours_eval():
+def ours_eval(pre_adaptation_metrics: bool = True):
     torch.manual_seed(0)
-    maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, eval_inner_steps=1).to(DEVICE)
+    maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, eval_inner_steps=1,
+                pre_adaptation_metrics=pre_adaptation_metrics).to(DEVICE)
     maml.log = lambda *a, **k: None
     maml.eval()
 
     def step(batch: TaskBatch) -> None:
         with torch.no_grad():
             maml.validation_step(batch, 0)
-        maml.episode_metrics.reset() if hasattr(maml.episode_metrics, "reset") else None
+        for metric in maml.episode_metrics.values():
+            metric.reset()
 
     return step
 
@@ -201,14 +203,17 @@ def main() -> None:
     if has_l2l:
         train["l2l_second_order"], train["l2l_first_order"] = l2l_train(False), l2l_train(True)
     train_rates = race(train, data, args.rounds, args.steps)
-    evals = {"ours_eval": ours_eval(), **({"l2l_lightning_maml_eval": l2l_eval()} if has_l2l else {})}
+    evals = {"ours_eval": ours_eval(), "ours_eval_post_only": ours_eval(False)}
+    if has_l2l:
+        evals["l2l_lightning_maml_eval"] = l2l_eval()
     eval_rates = race(evals, data, args.rounds, args.steps)
     ratios = {}
     if has_l2l:
         for name, value in train_rates.items():
             peer = "l2l_first_order" if "first_order" in name else "l2l_second_order"
             ratios[name] = value / train_rates[peer]
-        ratios["ours_eval"] = eval_rates["ours_eval"] / eval_rates["l2l_lightning_maml_eval"]
+        for name in ("ours_eval", "ours_eval_post_only"):
+            ratios[name] = eval_rates[name] / eval_rates["l2l_lightning_maml_eval"]
     print(f"\n{'training':28s} {'tasks/s':>9s} {'x l2l':>7s}")
     for name, value in train_rates.items():
         print(f"{name:28s} {value:9.1f} {ratios.get(name, float('nan')):7.2f}")

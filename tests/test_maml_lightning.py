@@ -150,3 +150,19 @@ def test_non_finite_loss_names_step_and_task(mode):
         model.training_step(batch, 0)
     skip = MAML(MLP(), inner_lr=0.01, nonfinite="skip", meta_gradient=mode)
     assert skip.training_step(batch, 0) is None
+
+
+def test_adaptation_curve_matches_separate_evaluations():
+    model, dm = build(8)
+    model.adaptation_curve, model.eval_inner_steps = True, 3
+    result = trainer(devices=1).test(model, dm, verbose=False)[0]
+    curve = model.adaptation_curves["test"]
+    assert curve["step"] == [0, 1, 2, 3] and curve["score_name"] == "mse"
+    assert curve["loss"][0] == pytest.approx(result["test/pre_loss"], rel=1e-5)
+    assert curve["loss"][3] == pytest.approx(result["test/loss"], rel=1e-5)
+    model.adaptation_curve = False
+    for k in (1, 2):
+        model.eval_inner_steps = k
+        post = trainer(devices=1).test(model, dm, verbose=False)[0]["test/loss"]
+        assert curve["loss"][k] == pytest.approx(post, rel=1e-5)
+    assert curve["loss"][3] < curve["loss"][0]

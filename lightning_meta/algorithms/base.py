@@ -46,6 +46,9 @@ class MetaLearner(pl.LightningModule):
         check_choice("task_type", task_type, ("auto", "classification", "regression"))
         check_number("lr", lr)
         self.task_type, self.lr = task_type, lr
+        self._curve_sums: dict[str, tuple[Tensor, Tensor]] = {}
+        #: the last validation / test adaptation curve: ``{"val": {"step", "loss", "score", "score_name"}}``
+        self.adaptation_curves: dict[str, dict] = {}
         self.episode_metrics = nn.ModuleDict(
             {f"{stage}_{name}": EpisodeMeanCI() for stage in EVAL_STAGES for name in EVAL_METRICS}
         )
@@ -77,7 +80,27 @@ class MetaLearner(pl.LightningModule):
     def update_eval(self, stage: str, name: str, values: Tensor) -> None:
         self.episode_metrics[f"{stage}_{name}"].update(values)
 
+    def update_curve(self, stage: str, losses: list[Tensor], scores: list[Tensor]) -> None:
+        """Accumulate per-episode query losses / scores after 0..K inner steps (lists of ``[T]`` tensors)."""
+        sums = torch.stack([torch.stack([x.sum() for x in losses]), torch.stack([s.sum() for s in scores])]).double()
+        count = torch.tensor(float(losses[0].numel()), dtype=torch.float64, device=sums.device)
+        old = self._curve_sums.get(stage)
+        self._curve_sums[stage] = (sums, count) if old is None else (old[0] + sums, old[1] + count)
+
+    def _finish_curve(self, stage: str) -> None:
+        if stage not in self._curve_sums:
+            return
+        sums, count = self._curve_sums.pop(stage)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        mean = (sums / count).float().cpu()
+        self.adaptation_curves[stage] = {"step": list(range(mean.shape[1])), "loss": mean[0].tolist(),
+                                         "score": mean[1].tolist(), "score_name": self.score_name(
+                                             getattr(self, "_last_task_type", "classification"))}
+
     def _eval_epoch_end(self, stage: str) -> None:
+        self._finish_curve(stage)
         task_type = getattr(self, "_last_task_type", "classification")
         score = self.score_name(task_type)
         for name in EVAL_METRICS:

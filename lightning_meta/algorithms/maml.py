@@ -93,7 +93,11 @@ class MAML(MetaLearner):
     default); ``nonfinite="raise"`` stops with the step and task of a non-finite loss, ``"skip"`` skips the
     meta-batch (not under DDP). ``inner_loss_scale`` multiplies the inner loss before differentiation
     and divides the gradient back; ``None`` means 1, or ``2**10`` under ``16-mixed`` precision, where inner
-    gradients would otherwise underflow in float16.
+    gradients would otherwise underflow in float16. ``channels_last`` stores image inputs and conv weights
+    channels-last (faster convolutions and pooling on CPU). In validation/test, ``pre_adaptation_metrics``
+    adds the query metrics before adaptation (``val/pre_loss``, ``val/pre_acc``: one more query forward per
+    task), and ``adaptation_curve=True`` records the query loss and score after each of the
+    ``0..eval_inner_steps`` inner steps (see :attr:`adaptation_curves`; the W&B callback plots it).
 
     Example:
         >>> import pytorch_lightning as pl
@@ -121,6 +125,8 @@ class MAML(MetaLearner):
         nonfinite: Literal["raise", "skip"] = "raise",
         inner_loss_scale: float | None = None,
         channels_last: bool = True,
+        pre_adaptation_metrics: bool = True,
+        adaptation_curve: bool = False,
         task_type: TaskType = "auto",
         lr: float = 1e-3,
     ) -> None:
@@ -135,6 +141,7 @@ class MAML(MetaLearner):
         self.nonfinite, self.inner_loss_scale = nonfinite, inner_loss_scale
         self.batch_norm_layers = self._apply_batch_norm_policy(batch_norm)  # after self.vectorize
         self.channels_last = channels_last
+        self.pre_adaptation_metrics, self.adaptation_curve = pre_adaptation_metrics, adaptation_curve
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.adapted = select_adapted(model, adapt)
@@ -294,22 +301,47 @@ class MAML(MetaLearner):
         return loss
 
     def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        """Adapt without an outer graph; query metrics after 0 (pre) and K (post) steps, or every step."""
         task_type = self._last_task_type = self.resolve_task_type(batch)
         task_loss = TaskLoss(self.model, self.loss_fn(task_type))
-        batch = self._layout(batch)
-        pre_loss, pre_out = self._query(task_loss, self._params(detach=True), batch)
-        self.update_eval(stage, "pre_loss", pre_loss)
-        self.update_eval(stage, "pre_score", self.episode_score(task_type, pre_out, batch.query_y))
+        steps = self.eval_inner_steps
+        wanted = set(range(steps)) if self.adaptation_curve else ({0} if self.pre_adaptation_metrics else set())
+        points: list[dict[int, tuple[Tensor, Tensor]]] = []
         with grad_enabled():
-            q_losses, q_outs, _ = self._run_tasks(usable(batch), self.eval_inner_steps, task_type, training=False)
-        self.update_eval(stage, "loss", q_losses.detach())
-        self.update_eval(stage, "score", self.episode_score(task_type, q_outs.detach(), batch.query_y))
+            batch, params = self._layout(usable(batch)), self._params(detach=True)
+            for t in range(batch.num_tasks):
+                xq, yq = batch.query_x[t], batch.query_y[t]
+                seen: dict[int, tuple[Tensor, Tensor]] = {}
 
-    def _query(self, task_loss: TaskLoss, params: Params, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """Per-task query loss and output with ``params`` (no adaptation), without a graph."""
+                def on_step(k: int, phi: Params, _loss: Tensor, seen=seen, xq=xq, yq=yq) -> None:
+                    if k in wanted:
+                        seen[k] = self._query(task_loss, phi, xq, yq)
+
+                fast = adapt(task_loss, params, self.adapted, batch.support_x[t], batch.support_y[t],
+                             self.inner_lrs.detach(), steps, create_graph=False, loss_scale=self._loss_scale(),
+                             on_step=on_step)
+                seen[steps] = self._query(task_loss, fast, xq, yq)
+                points.append(seen)
+        curve = {k: self._stack_point(points, k, task_type, batch) for k in sorted(points[0])}
+        self.update_eval(stage, "loss", curve[steps][0])
+        self.update_eval(stage, "score", curve[steps][1])
+        if 0 in curve:
+            self.update_eval(stage, "pre_loss", curve[0][0])
+            self.update_eval(stage, "pre_score", curve[0][1])
+        if self.adaptation_curve:
+            self.update_curve(stage, [curve[k][0] for k in range(steps + 1)], [curve[k][1] for k in range(steps + 1)])
+
+    def _stack_point(self, points, k: int, task_type: str, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        losses = torch.stack([p[k][0] for p in points])
+        outputs = torch.stack([p[k][1] for p in points])
+        return losses, self.episode_score(task_type, outputs, batch.query_y)
+
+    @staticmethod
+    def _query(task_loss: TaskLoss, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Query loss and output of one task with ``params``, without a graph."""
         with torch.no_grad():
-            results = [task_loss(params, batch.query_x[t], batch.query_y[t]) for t in range(batch.num_tasks)]
-        return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+            loss, out = task_loss(params, x, y)
+        return loss.detach(), out.detach()
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -1,0 +1,44 @@
+"""The ``lightning-meta`` command: LightningCLI over any meta-learner and any task source."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.data.datamodule import EpisodicDataModule
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Saves the full resolved config next to the run and logs it (model, data, trainer) as hyper-parameters."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        for logger in trainer.loggers:
+            config = self.config.as_dict()
+            logger.log_hyperparams({k: config.get(k) for k in ("model", "data", "trainer", "optimizer",
+                                                               "lr_scheduler", "seed_everything")})
+
+
+class MetaCLI(LightningCLI):
+    """``LightningCLI`` with ``MetaLearner`` subclasses as models and :class:`EpisodicDataModule` as data."""
+
+
+def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
+    """Entry point of ``lightning-meta`` / ``python -m lightning_meta`` (subcommands fit/validate/test/predict)."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    kwargs: dict[str, Any] = dict(
+        model_class=MetaLearner,
+        datamodule_class=EpisodicDataModule,
+        subclass_mode_model=True,
+        save_config_callback=LoggerSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+    return MetaCLI(**kwargs)
+
+
+if __name__ == "__main__":
+    main()

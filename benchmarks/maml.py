@@ -178,6 +178,14 @@ def memory_table() -> list[dict]:
     return rows
 
 
+def previous_memory() -> list[dict]:
+    """The memory rows of the last saved run (kept when ``--skip-memory``)."""
+    from common import RESULTS
+
+    path = RESULTS / "maml.json"
+    return json.loads(path.read_text()).get("memory", []) if path.exists() else []
+
+
 def l2l_available() -> bool:
     try:
         import learn2learn  # noqa: F401
@@ -220,7 +228,7 @@ def main() -> None:
     print(f"\n{'evaluation':28s} {'eps/s':>9s} {'x l2l':>7s}")
     for name, value in eval_rates.items():
         print(f"{name:28s} {value:9.1f} {ratios.get(name, float('nan')):7.2f}")
-    memory = [] if args.skip_memory else memory_table()
+    memory = previous_memory() if args.skip_memory else memory_table()
     if memory:
         print(f"\n{'memory added by one step':28s} {'steps':>5s} {'MiB':>9s}")
         for row in memory:

@@ -14,9 +14,13 @@ SMALL = ["--data.meta_batch_size=2", "--data.eval_meta_batch_size=2", "--data.nu
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
+    """A fresh working directory; any W&B run a test leaves open (e.g. after a failed setup) is finished."""
+    import wandb
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    return tmp_path
+    yield tmp_path
+    wandb.finish()
 
 
 def data_args(config: Path) -> list[str]:

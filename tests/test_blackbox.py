@@ -140,3 +140,39 @@ def test_bad_arguments():
         BlackBoxAdaptation(torch.nn.Linear(2, 3))
     with pytest.raises(ValueError, match="task_dim must be an integer >= 1, got 0"):
         BlackBoxAdaptation(Conv4(embed_only=True), task_dim=0)
+
+
+def fit_blackbox(meta_batch, steps, **kwargs):
+    from blackbox_job import build, trainer
+
+    model, dm = build(meta_batch)
+    trainer(max_steps=steps, devices=1, **kwargs).fit(model, dm, ckpt_path=kwargs.pop("ckpt", None))
+    return model
+
+
+def test_accumulation_and_resume_behave_as_for_maml(tmp_path):
+    from blackbox_job import build, trainer
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    eight = fit_blackbox(8, 3).state_dict()
+    accumulated = fit_blackbox(4, 3, accumulate_grad_batches=2).state_dict()
+    for name in eight:
+        torch.testing.assert_close(accumulated[name], eight[name], atol=1e-6, rtol=1e-5)
+    full = fit_blackbox(4, 6).state_dict()
+    fit_blackbox(4, 3, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)],
+                 enable_checkpointing=True)
+    model, dm = build(4)
+    trainer(max_steps=6, devices=1).fit(model, dm, ckpt_path=str(tmp_path / "epoch=0-step=3.ckpt"))
+    for name, value in full.items():
+        torch.testing.assert_close(model.state_dict()[name], value, atol=1e-7, rtol=1e-7)
+
+
+def test_bf16_mixed_trains_on_cpu():
+    model = regression_model("mean")
+    dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25, train_episodes_per_epoch=5000,
+                            val_episodes=0, test_episodes=200, eval_meta_batch_size=100)
+    trainer = quiet_trainer(max_steps=150, precision="bf16-mixed")
+    before = trainer.test(model, dm, verbose=False)[0]["test/mse"]
+    trainer.fit(model, dm)
+    after = trainer.test(model, dm, verbose=False)[0]["test/mse"]
+    assert after < 0.8 * before

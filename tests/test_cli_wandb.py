@@ -105,3 +105,29 @@ def test_wandb_episode_grid_for_omniglot(in_tmp, omniglot):
     images = [h for h in run["history"] if h.get("val/episode/_type") == "image-file"]
     assert images and images[0]["val/episode/width"] > images[0]["val/episode/height"] > 0
     assert os.path.exists(next((in_tmp / "wandb").glob("offline-run-*")) / "files" / images[0]["val/episode/path"])
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluation_subcommands(in_tmp, subcommand):
+    config = REPO / "examples" / "configs" / "blackbox_sinusoid.yaml"
+    args = [subcommand, "--config", str(config), "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+            "--trainer.limit_predict_batches=1", "--trainer.logger=false"]
+    if subcommand != "validate":
+        args = [a for a in args if a != "--trainer.limit_val_batches=1"]
+    cli = main([a for a in args if not (subcommand == "predict" and "test_batches" in a)])
+    assert cli.trainer.state.finished
+
+
+def test_wandb_online_without_network_falls_back_to_offline(in_tmp, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(in_tmp / "wandb-config"))
+    from lightning_meta.loggers import MetaWandbLogger
+
+    logger = MetaWandbLogger(project="p", save_dir=str(in_tmp))
+    with pytest.warns(UserWarning, match="W&B could not start online"):
+        run = logger.experiment
+    run.log({"x": 1.0})
+    run.finish()
+    assert list((in_tmp / "wandb").glob("offline-run-*"))

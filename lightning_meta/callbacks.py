@@ -11,7 +11,7 @@ from lightning_meta.data.episodes import TaskBatch
 
 
 def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger) and not getattr(lg, "_disabled", False)]
 
 
 def episode_grid(batch: TaskBatch, predictions: Tensor, max_queries: int = 20) -> tuple[Tensor, str]:

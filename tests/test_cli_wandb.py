@@ -14,13 +14,16 @@ SMALL = ["--data.meta_batch_size=2", "--data.eval_meta_batch_size=2", "--data.nu
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
-    """A fresh working directory; any W&B run a test leaves open (e.g. after a failed setup) is finished."""
+    """A fresh working directory and a fresh W&B state (its settings singleton reads the environment once);
+    any run a test leaves open (e.g. after a failed setup) is finished."""
     import wandb
 
+    wandb.teardown()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     yield tmp_path
     wandb.finish()
+    wandb.teardown()
 
 
 def data_args(config: Path) -> list[str]:
@@ -131,3 +134,19 @@ def test_wandb_online_without_network_falls_back_to_offline(in_tmp, monkeypatch)
     run.log({"x": 1.0})
     run.finish()
     assert list((in_tmp / "wandb").glob("offline-run-*"))
+
+
+def test_training_runs_without_wandb_installed(in_tmp, monkeypatch):
+    import sys
+
+    from lightning_meta.loggers import MetaWandbLogger
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails as if it were not installed
+    with pytest.warns(UserWarning, match="wandb is not importable"):
+        logger = MetaWandbLogger(project="p", save_dir=str(in_tmp))
+    config = REPO / "examples" / "configs" / "sinusoid_maml.yaml"
+    cli = main(["--config", str(config), "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
+                "--trainer.val_check_interval=3"], run=False)
+    cli.trainer.loggers = [logger]
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.trainer.global_step == 3 and not (in_tmp / "wandb").exists()

@@ -12,7 +12,11 @@ from lightning_meta.data.datamodule import EpisodicDataModule
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Saves the full resolved config next to the run and logs it (model, data, trainer) as hyper-parameters."""
+    """Saves the full resolved config next to the run and logs it (model, data, trainer) as hyper-parameters.
+
+    Example:
+        >>> cli = MetaCLI(save_config_callback=LoggerSaveConfigCallback)  # doctest: +SKIP
+    """
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
@@ -22,7 +26,12 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 class MetaCLI(LightningCLI):
-    """``LightningCLI`` with ``MetaLearner`` subclasses as models and :class:`EpisodicDataModule` as data."""
+    """``LightningCLI`` with ``MetaLearner`` subclasses as models and :class:`EpisodicDataModule` as data.
+
+    Example:
+        >>> cli = main(["--config", "examples/configs/sinusoid_maml.yaml"], run=False)  # doctest: +SKIP
+        >>> cli.trainer.fit(cli.model, cli.datamodule)  # doctest: +SKIP
+    """
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:

@@ -7,6 +7,7 @@ length, 1-byte type; 32 KiB blocks) each holding a ``wandb_internal_pb2.Record``
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 BLOCK, HEADER = 32768, 7
@@ -32,11 +33,22 @@ def _payloads(data: bytes) -> list[bytes]:
     return out
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path, timeout: float = 30.0) -> dict:
+    """The run's records, once W&B's service has written the run's ``exit`` record (it writes after
+    ``finish()`` returns, so the file is re-read until then, up to ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _read(run_dir)
+        if run["exited"] or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read(run_dir: Path) -> dict:
     from wandb.proto import wandb_internal_pb2
 
     path = next(Path(run_dir).glob("run-*.wandb"))
-    history, summary, config = [], {}, {}
+    history, summary, config, exited = [], {}, {}, False
     for payload in _payloads(path.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
@@ -47,7 +59,9 @@ def read_run(run_dir: Path) -> dict:
             summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
         elif kind == "config":
             config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
-    return {"history": history, "summary": summary, "config": config}
+        elif kind == "exit":
+            exited = True
+    return {"history": history, "summary": summary, "config": config, "exited": exited}
 
 
 def _key(item) -> str:

@@ -39,6 +39,12 @@ class MetaLearner(pl.LightningModule):
     over all episodes (synced across DDP ranks), plus ``pre_`` variants where the learner has a
     pre-adaptation prediction. The default optimizer is Adam with ``lr``; under LightningCLI the
     ``--optimizer`` / ``--lr_scheduler`` options replace it the usual way.
+
+    Example:
+        >>> class Zero(MetaLearner):  # predicts 0 for every query; logs test/mse like any learner
+        ...     def test_step(self, batch, batch_idx):
+        ...         self.update_eval("test", "loss", batch.query_y.pow(2).flatten(1).mean(1))
+        ...         self.update_eval("test", "score", batch.query_y.pow(2).flatten(1).mean(1))
     """
 
     def __init__(self, task_type: TaskType = "auto", lr: float = 1e-3) -> None:

@@ -19,6 +19,11 @@ class EpisodeDataset(Dataset):
 
     Every task is drawn from its own generator seeded by ``(seed, split, epoch, index)``, so a task's
     content never depends on the worker, the rank, or how tasks are grouped into meta-batches.
+
+    Example:
+        >>> from lightning_meta.data import SinusoidTasks
+        >>> EpisodeDataset(SinusoidTasks(), seed=0)[("val", 0, (0, 1, 2))].num_tasks
+        3
     """
 
     def __init__(self, tasks: TaskSource, seed: int) -> None:
@@ -51,6 +56,10 @@ class TrainEpisodeSampler(_RankSampler):
     Meta-batch ``g`` holds tasks ``g*B .. g*B+B-1`` of the epoch, so ``W`` ranks with ``B`` tasks each see
     exactly the tasks one device with ``W*B`` tasks would, and ``accumulate_grad_batches=2`` with ``B/2``
     sees those of one batch of ``B``. ``skip`` batches of epoch ``skip_epoch`` are skipped once (resume).
+
+    Example:
+        >>> [key[2] for key in TrainEpisodeSampler(episodes=8, meta_batch_size=2, num_replicas=2, rank=1)]
+        [(2, 3), (6, 7)]
     """
 
     def __init__(self, episodes: int, meta_batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
@@ -79,6 +88,10 @@ class EvalEpisodeSampler(_RankSampler):
     """A fixed set of ``episodes`` tasks (epoch 0 of ``split``); rank ``r`` takes tasks ``r, r+W, ...``.
 
     The union over ranks is the whole set, whatever the world size; no episode is repeated or padded.
+
+    Example:
+        >>> [key[2] for key in EvalEpisodeSampler("val", episodes=5, meta_batch_size=2, num_replicas=2, rank=0)]
+        [(0, 2), (4,)]
     """
 
     def __init__(self, split: str, episodes: int, meta_batch_size: int, num_replicas: int = 1, rank: int = 0):

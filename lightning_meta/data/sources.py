@@ -25,6 +25,19 @@ class TaskSource(ABC):
 
     Subclasses set :attr:`task_type` and implement :meth:`sample`; data-dependent checks go in
     :meth:`setup`, which the :class:`~lightning_meta.EpisodicDataModule` calls from its own ``setup``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_meta.data.episodes import TaskBatch
+        >>> class Lines(TaskSource):
+        ...     task_type = "regression"
+        ...     def sample(self, split, generators):
+        ...         slopes = torch.stack([torch.randn(1, generator=g) for g in generators])  # [T, 1]
+        ...         x = torch.linspace(-1, 1, 8).expand(len(generators), 8)[..., None]
+        ...         y = slopes[:, None] * x
+        ...         return TaskBatch(x[:, :4], y[:, :4], x[:, 4:], y[:, 4:])
+        >>> Lines().sample("train", [torch.Generator().manual_seed(0)]).query_y.shape
+        torch.Size([1, 4, 1])
     """
 
     task_type: TaskType = "classification"

@@ -109,12 +109,13 @@ def test_sinusoid_mse_well_below_predicting_zero():
     assert mse < 0.5 * zero
 
 
-def test_omniglot_five_way_accuracy_well_above_chance(omniglot):
+@pytest.mark.parametrize("aggregator", ["mean", "attention"])
+def test_omniglot_five_way_accuracy_well_above_chance(omniglot, aggregator):
     torch.manual_seed(0)
     tasks = OmniglotTasks(str(omniglot), ways=5, shots=1, queries=5)
     dm = EpisodicDataModule(tasks, meta_batch_size=8, train_episodes_per_epoch=8 * 300, val_episodes=0,
                             test_episodes=100, eval_meta_batch_size=50)
-    model = BlackBoxAdaptation(Conv4(embed_only=True, hidden=16), aggregator="attention", ways=5, task_dim=32,
+    model = BlackBoxAdaptation(Conv4(embed_only=True, hidden=16), aggregator=aggregator, ways=5, task_dim=32,
                                hidden=64, lr=2e-3)
     trainer = quiet_trainer(max_steps=300)
     trainer.fit(model, dm)

@@ -30,7 +30,9 @@ class BlackBoxAdaptation(MetaLearner):
     Each support pair becomes ``e = pair_net([encoder(x), y])`` (``y`` one-hot for classification, the
     value for regression). ``aggregator`` chooses how ``h_i`` and the query read-out are formed:
 
-    * ``"mean"``: ``h_i = task_net(mean e)`` (DeepSets / CNP); invariant to the order of the support set.
+    * ``"mean"``: ``h_i = task_net(mean e)`` (DeepSets / CNP); invariant to the order of the support set. For
+      classification the predictor scores each query against each class's mean pair embedding (the
+      class-conditional aggregation of CNPs), which also serves any number of ways up to ``ways``.
     * ``"attention"``: ``h_i`` as for mean, plus each query attends (multi-head) over the support pairs;
       invariant to the order of the support set.
     * ``"sequence"``: a causal transformer reads the support pairs in order, then each query (which sees every
@@ -85,7 +87,7 @@ class BlackBoxAdaptation(MetaLearner):
         label_dim = max(ways, y_dim)
         self.pair_net = mlp([feature_dim + label_dim, hidden, hidden])
         self.task_net = mlp([hidden, hidden, task_dim])
-        readout = 0
+        readout = hidden  # mean: the class-conditional (classification) or global (regression) mean pair
         if aggregator == "attention":
             self.query_proj, self.key_proj = nn.Linear(feature_dim, hidden), nn.Linear(feature_dim, hidden)
             self.attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
@@ -94,7 +96,6 @@ class BlackBoxAdaptation(MetaLearner):
             self.token_in = nn.Linear(feature_dim + label_dim, hidden)
             block = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, batch_first=True)
             self.sequence = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-            readout = hidden
         self.out_dim = max(ways, 2 * y_dim if predict_variance else y_dim)
         self.predictor = mlp([feature_dim + task_dim + readout, hidden, hidden, self.out_dim])
 
@@ -137,15 +138,30 @@ class BlackBoxAdaptation(MetaLearner):
         pairs = self.pair_net(torch.cat([fs, labels], -1))
         h = self.task_net(pairs.mean(1))
         parts = [fq, h[:, None].expand(-1, fq.shape[1], -1)]
+        if self.aggregator == "mean" and task_type == "classification":
+            return self._class_scores(parts, pairs, labels[..., :ways])
         if self.aggregator == "attention":
             read, _ = self.attention(self.query_proj(fq), self.key_proj(fs), pairs, need_weights=False)
             parts.append(read)
         elif self.aggregator == "sequence":
             parts.append(self._sequence(fs, labels, fq))
+        else:
+            parts.append(pairs.mean(1, keepdim=True).expand(-1, fq.shape[1], -1))
         out = self.predictor(torch.cat(parts, -1))
         if task_type == "classification" and ways < self.ways:
             out = out.masked_fill(torch.arange(self.ways, device=out.device) >= ways, float("-inf"))
         return out
+
+    def _class_scores(self, parts: list[Tensor], pairs: Tensor, onehot: Tensor) -> Tensor:
+        """Mean aggregator, classification: the predictor scores each query against each class's mean pair
+        embedding (CNP's class-conditional aggregation); output ``c`` is the logit of class ``c``. ``[T, Q, ways]``."""
+        onehot = onehot.to(pairs.dtype)
+        class_mean = onehot.transpose(1, 2) @ pairs / onehot.sum(1).clamp_min(1)[..., None]  # [T, N, H]
+        query = torch.cat(parts, -1)  # [T, Q, F + D]
+        q, n = query.shape[1], class_mean.shape[1]
+        pairs_in = torch.cat([query[:, :, None].expand(-1, -1, n, -1), class_mean[:, None].expand(-1, q, -1, -1)], -1)
+        logits = self.predictor(pairs_in)[..., :n].diagonal(dim1=2, dim2=3)  # [T, Q, N]
+        return F.pad(logits, (0, self.ways - n), value=float("-inf"))
 
     def _sequence(self, fs: Tensor, labels: Tensor, fq: Tensor) -> Tensor:
         s, q = fs.shape[1], fq.shape[1]

@@ -55,15 +55,20 @@ class MetaLearner(pl.LightningModule):
         self._curve_sums: dict[str, tuple[Tensor, Tensor]] = {}
         #: the last validation / test adaptation curve: ``{"val": {"step", "loss", "score", "score_name"}}``
         self.adaptation_curves: dict[str, dict] = {}
+        self._last_task_type = "classification"  # of the last batch seen; names the score metric
         self.episode_metrics = nn.ModuleDict(
             {f"{stage}_{name}": EpisodeMeanCI() for stage in EVAL_STAGES for name in EVAL_METRICS}
         )
 
     # --------------------------------------------------------------- task type
     def resolve_task_type(self, batch: TaskBatch) -> str:
+        return self.task_type_of(batch.support_y)
+
+    def task_type_of(self, support_y: Tensor) -> str:
+        """The configured ``task_type``, or under ``"auto"``: float targets regress, integer labels classify."""
         if self.task_type != "auto":
             return self.task_type
-        return "regression" if batch.support_y.is_floating_point() else "classification"
+        return "regression" if support_y.is_floating_point() else "classification"
 
     def loss_fn(self, task_type: str):
         return F.cross_entropy if task_type == "classification" else F.mse_loss
@@ -102,13 +107,11 @@ class MetaLearner(pl.LightningModule):
             count = self.trainer.strategy.reduce(count, reduce_op="sum")
         mean = (sums / count).float().cpu()
         self.adaptation_curves[stage] = {"step": list(range(mean.shape[1])), "loss": mean[0].tolist(),
-                                         "score": mean[1].tolist(), "score_name": self.score_name(
-                                             getattr(self, "_last_task_type", "classification"))}
+                                         "score": mean[1].tolist(), "score_name": self.score_name(self._last_task_type)}
 
     def _eval_epoch_end(self, stage: str) -> None:
         self._finish_curve(stage)
-        task_type = getattr(self, "_last_task_type", "classification")
-        score = self.score_name(task_type)
+        score = self.score_name(self._last_task_type)
         for name in EVAL_METRICS:
             metric = self.episode_metrics[f"{stage}_{name}"]
             if not metric.update_called:

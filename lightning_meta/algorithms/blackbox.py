@@ -125,7 +125,7 @@ class BlackBoxAdaptation(MetaLearner):
 
     def task_vector(self, support_x: Tensor, support_y: Tensor, task_type: str | None = None) -> Tensor:
         """``h_i`` ``[T, task_dim]`` of each support set (``support_x [T, S, ...]``, ``support_y [T, S(, d)]``)."""
-        task_type = task_type or ("regression" if support_y.is_floating_point() else "classification")
+        task_type = task_type or self.task_type_of(support_y)
         pairs = self.pair_net(torch.cat([self._features(support_x), self._labels(support_y, task_type)], -1))
         return self.task_net(pairs.mean(1))
 

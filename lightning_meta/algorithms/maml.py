@@ -358,9 +358,7 @@ class MAML(MetaLearner):
 
     def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
         """The adapted parameters ``phi`` for one task's support set (no outer graph)."""
-        task_type = self.task_type if self.task_type != "auto" else (
-            "regression" if support_y.is_floating_point() else "classification")
-        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
+        task_loss = TaskLoss(self.model, self.loss_fn(self.task_type_of(support_y)))
         with grad_enabled():
             support_x, support_y = usable(support_x), usable(support_y)
             fast = adapt(task_loss, self._params(detach=True), self.adapted, support_x, support_y,

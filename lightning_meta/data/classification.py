@@ -108,8 +108,6 @@ class ClassificationTasks(TaskSource):
         if self._ready:
             return
         inputs, labels = self._load()
-        if len(labels) == 0:
-            raise ValueError(f"{type(self).__name__}: the dataset is empty (0 examples); tasks need labeled data")
         self._inputs = inputs
         self._classes, self._examples, self._counts = class_table(labels)
         self._split_classes = self._make_splits()

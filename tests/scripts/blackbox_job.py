@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
+from maml_job import trainer  # noqa: F401 - the same quiet CPU Trainer
 
 from lightning_meta import BlackBoxAdaptation, EpisodicDataModule, SinusoidTasks
 from lightning_meta.models import MLP
@@ -22,8 +22,3 @@ def build(meta_batch: int):
                             train_episodes_per_epoch=1000, val_episodes=0, test_episodes=0, seed=3)
     return model, dm
 
-
-def trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0)
-    return pl.Trainer(**{**defaults, **kwargs})

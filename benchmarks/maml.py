@@ -10,6 +10,9 @@ the median per contender is reported:
   ``learn2learn.algorithms.MAML`` (clone/adapt per task, ``first_order`` False/True) on the same batches.
 * evaluation episodes/s: our validation step (inner-loop gradients only, no outer graph), against
   learn2learn's ``LightningMAML.meta_learn`` (its validation step, which builds outer graphs).
+* learn2learn again with our channels-last layout (model and inputs), so that the layout's share of the
+  ratios shows; and the compute floors: the query forward + backward through per-task weights alone
+  (training) and the query forward alone (evaluation), which any MAML step must do on top of its inner loop.
 * memory added by one training step at 1, 5, 10 inner steps, second_order vs hvp, each in a fresh process
   (CUDA: ``max_memory_allocated`` after a reset; CPU: peak RSS during the step minus RSS before it).
 
@@ -28,8 +31,10 @@ from pathlib import Path
 
 import torch
 from common import omniglot_root, save
+from torch.func import functional_call
 
 from lightning_meta import MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
+from lightning_meta.algorithms.maml import channels_last_tasks
 from lightning_meta.models import Conv4
 
 WAYS, SHOTS, QUERIES, META_BATCH, INNER_LR = 5, 1, 15, 32, 0.4
@@ -62,15 +67,17 @@ def ours_train(mode: str, **kwargs):
     return step
 
 
-def l2l_train(first_order: bool):
+def l2l_train(first_order: bool, channels_last: bool = False):
+    """learn2learn's MAML as its docs use it; ``channels_last=True`` gives it our memory layout too."""
     import learn2learn as l2l
 
     torch.manual_seed(0)
-    maml = l2l.algorithms.MAML(Conv4(out_features=WAYS).to(DEVICE), lr=INNER_LR, first_order=first_order)
+    maml = l2l.algorithms.MAML(conv4(channels_last), lr=INNER_LR, first_order=first_order)
     opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
     loss_fn = torch.nn.functional.cross_entropy
 
     def step(batch: TaskBatch) -> None:
+        batch = layout(batch, channels_last)
         opt.zero_grad()
         total = 0.0
         for t in range(batch.num_tasks):
@@ -99,17 +106,61 @@ def ours_eval(pre_adaptation_metrics: bool = True):
     return step
 
 
-def l2l_eval():
+def l2l_eval(channels_last: bool = False):
     from learn2learn.algorithms import LightningMAML
 
     torch.manual_seed(0)
-    module = LightningMAML(Conv4(out_features=WAYS).to(DEVICE), adaptation_lr=INNER_LR, adaptation_steps=1)
+    module = LightningMAML(conv4(channels_last), adaptation_lr=INNER_LR, adaptation_steps=1)
 
     def step(batch: TaskBatch) -> None:
         for t in range(batch.num_tasks):
             data, labels = l2l_layout(batch, t)
+            if channels_last:
+                data = channels_last_tasks(data[None])[0]
             with torch.enable_grad():
                 module.meta_learn((data, labels), 0, WAYS, SHOTS, QUERIES)
+
+    return step
+
+
+def conv4(channels_last: bool) -> torch.nn.Module:
+    model = Conv4(out_features=WAYS).to(DEVICE)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def layout(batch: TaskBatch, channels_last: bool) -> TaskBatch:
+    if not channels_last:
+        return batch
+    return TaskBatch(channels_last_tasks(batch.support_x), batch.support_y, channels_last_tasks(batch.query_x),
+                     batch.query_y)
+
+
+def floor_train():
+    """The query forward + backward through per-task weights alone: work every MAML step includes."""
+    torch.manual_seed(0)
+    model = conv4(channels_last=True)
+    theta = dict(model.named_parameters())
+
+    def step(batch: TaskBatch) -> None:
+        batch = layout(batch, True)
+        for t in range(batch.num_tasks):
+            phi = {n: p * 1.0 for n, p in theta.items()}  # per-task tensors, as the adapted weights are
+            out = functional_call(model, phi, (batch.query_x[t],))
+            torch.nn.functional.cross_entropy(out, batch.query_y[t]).backward()
+
+    return step
+
+
+def floor_eval():
+    """The query forward alone (no gradients): work every evaluation episode includes."""
+    torch.manual_seed(0)
+    model = conv4(channels_last=True)
+
+    def step(batch: TaskBatch) -> None:
+        batch = layout(batch, True)
+        with torch.no_grad():
+            for t in range(batch.num_tasks):
+                model(batch.query_x[t])
 
     return step
 
@@ -186,6 +237,17 @@ def previous_memory() -> list[dict]:
     return json.loads(path.read_text()).get("memory", []) if path.exists() else []
 
 
+def ratios_to(train: dict[str, float], evals: dict[str, float], suffix: str) -> dict[str, float]:
+    """Each contender's rate over learn2learn's (``suffix`` picks learn2learn's layout)."""
+    out = {}
+    for name, value in train.items():
+        peer = "l2l_first_order" if "first_order" in name else "l2l_second_order"
+        out[name] = value / train[peer + suffix]
+    for name, value in evals.items():
+        out[name] = value / evals["l2l_lightning_maml_eval" + suffix]
+    return out
+
+
 def l2l_available() -> bool:
     try:
         import learn2learn  # noqa: F401
@@ -210,24 +272,23 @@ def main() -> None:
     train["ours_second_order_vmap"] = ours_train("second_order", vectorize=True)
     if has_l2l:
         train["l2l_second_order"], train["l2l_first_order"] = l2l_train(False), l2l_train(True)
+        train["l2l_second_order_channels_last"] = l2l_train(False, channels_last=True)
+        train["l2l_first_order_channels_last"] = l2l_train(True, channels_last=True)
+    train["floor_query_forward_backward"] = floor_train()
     train_rates = race(train, data, args.rounds, args.steps)
     evals = {"ours_eval": ours_eval(), "ours_eval_post_only": ours_eval(False)}
     if has_l2l:
         evals["l2l_lightning_maml_eval"] = l2l_eval()
+        evals["l2l_lightning_maml_eval_channels_last"] = l2l_eval(channels_last=True)
+    evals["floor_query_forward"] = floor_eval()
     eval_rates = race(evals, data, args.rounds, args.steps)
-    ratios = {}
-    if has_l2l:
-        for name, value in train_rates.items():
-            peer = "l2l_first_order" if "first_order" in name else "l2l_second_order"
-            ratios[name] = value / train_rates[peer]
-        for name in ("ours_eval", "ours_eval_post_only"):
-            ratios[name] = eval_rates[name] / eval_rates["l2l_lightning_maml_eval"]
-    print(f"\n{'training':28s} {'tasks/s':>9s} {'x l2l':>7s}")
-    for name, value in train_rates.items():
-        print(f"{name:28s} {value:9.1f} {ratios.get(name, float('nan')):7.2f}")
-    print(f"\n{'evaluation':28s} {'eps/s':>9s} {'x l2l':>7s}")
-    for name, value in eval_rates.items():
-        print(f"{name:28s} {value:9.1f} {ratios.get(name, float('nan')):7.2f}")
+    ratios = ratios_to(train_rates, eval_rates, "") if has_l2l else {}
+    ratios_cl = ratios_to(train_rates, eval_rates, "_channels_last") if has_l2l else {}
+    for title, unit, rates in (("training", "tasks/s", train_rates), ("evaluation", "eps/s", eval_rates)):
+        print(f"\n{title:38s} {unit:>9s} {'x l2l':>7s} {'x l2l CL':>8s}")
+        for name, value in rates.items():
+            print(f"{name:38s} {value:9.1f} {ratios.get(name, float('nan')):7.2f} "
+                  f"{ratios_cl.get(name, float('nan')):8.2f}")
     memory = previous_memory() if args.skip_memory else memory_table()
     if memory:
         print(f"\n{'memory added by one step':28s} {'steps':>5s} {'MiB':>9s}")
@@ -236,7 +297,8 @@ def main() -> None:
     save("maml", {"device": str(DEVICE), "setting": {"ways": WAYS, "shots": SHOTS, "queries": QUERIES,
                   "meta_batch": META_BATCH, "inner_steps": 1, "inner_lr": INNER_LR},
                   "train_tasks_per_s": train_rates, "eval_episodes_per_s": eval_rates,
-                  "ratio_vs_learn2learn": ratios, "memory": memory})
+                  "ratio_vs_learn2learn": ratios, "ratio_vs_learn2learn_channels_last": ratios_cl,
+                  "memory": memory})
 
 
 if __name__ == "__main__":

@@ -37,14 +37,17 @@ def main() -> None:
                         [[k, fmt(v, 0), fmt(sampling["ratio_vs_learn2learn"].get(k))]
                          for k, v in sampling["episodes_per_s"].items()]), ""]
     if maml:
-        ratio = maml.get("ratio_vs_learn2learn", {})
+        ratio, ratio_cl = maml.get("ratio_vs_learn2learn", {}), maml.get("ratio_vs_learn2learn_channels_last", {})
+        header = ["contender", "{unit}", "x learn2learn", "x learn2learn channels-last"]
+
+        def rows(rates: dict) -> list[list]:
+            return [[k, fmt(v, 1), fmt(ratio.get(k)), fmt(ratio_cl.get(k))] for k, v in rates.items()]
+
         parts += ["## MAML (Conv-4, Omniglot 5-way 1-shot, meta-batch 32, 1 inner step)", "",
                   f"Device: {maml['device']}; machine: {maml['machine']}", "", "Training:", "",
-                  table(["contender", "tasks/s", "x learn2learn"],
-                        [[k, fmt(v, 1), fmt(ratio.get(k))] for k, v in maml["train_tasks_per_s"].items()]),
+                  table([h.format(unit="tasks/s") for h in header], rows(maml["train_tasks_per_s"])),
                   "", "Evaluation (validation step):", "",
-                  table(["contender", "episodes/s", "x learn2learn"],
-                        [[k, fmt(v, 1), fmt(ratio.get(k))] for k, v in maml["eval_episodes_per_s"].items()]), ""]
+                  table([h.format(unit="episodes/s") for h in header], rows(maml["eval_episodes_per_s"])), ""]
         if maml.get("memory"):
             base = {r["mode"]: r["added_bytes"] for r in maml["memory"] if r["steps"] == 1}
             parts += ["Memory one training step adds (fresh process per row):", "",

@@ -156,3 +156,23 @@ def test_inner_loss_scale_leaves_gradients_unchanged():
     b = meta_grad(MAML(small_mlp(torch.float32), inner_lr=0.05, inner_steps=2, inner_loss_scale=1024.0), batch)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_channels_last_survives_adaptation_with_one_input_channel():
+    """One-channel images (Omniglot) must stay NHWC through adapted weights (else BN and pooling run NCHW)."""
+    torch.manual_seed(0)
+    shape = (2, 6, 1, 16, 16)  # separate contiguous tensors, as a DataLoader delivers them
+    batch = TaskBatch(torch.rand(shape), torch.tensor([[0, 1, 2] * 2] * 2), torch.rand(shape),
+                      torch.tensor([[2, 0, 1] * 2] * 2))
+    grads, strides = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(1)
+        maml = MAML(Conv4(out_features=3, hidden=8, image_size=16), inner_lr=0.3, channels_last=channels_last)
+        hook = maml.model.features[0][1].register_forward_hook(lambda m, i, o: strides.append(i[0].stride()))
+        grads.append(meta_grad(maml, batch))
+        hook.remove()
+    nhwc = strides[len(strides) // 2:]  # support and query forwards of both tasks, at theta and at phi
+    assert all(s[1] == 1 for s in nhwc), nhwc
+    assert all(s[1] != 1 for s in strides[:len(strides) // 2])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)

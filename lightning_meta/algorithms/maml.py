@@ -38,6 +38,21 @@ def transductive_batch_norm(model: nn.Module, elementary: bool = False) -> list[
     return names
 
 
+def channels_last_tasks(x: Tensor) -> Tensor:
+    """A copy of images ``[T, M, C, H, W]`` whose every task slice ``[M, C, H, W]`` has NHWC strides.
+
+    A fresh copy, not ``.contiguous()``: with one channel (Omniglot) a contiguous NCHW tensor already counts
+    as channels-last and keeps ``stride(C) = H * W``; convolutions with adapted weights (NCHW strides) then
+    produce NCHW outputs, on which BatchNorm and max-pool run several times slower on CPU.
+
+    Example:
+        >>> channels_last_tasks(torch.zeros(2, 3, 1, 4, 4))[0].stride()
+        (16, 1, 4, 1)
+    """
+    t, m, c, h, w = x.shape
+    return x.new_empty((t, m, h, w, c)).copy_(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+
+
 def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
     """Names of the parameters the inner loop adapts: ``"all"``, ``"head"`` or ``fnmatch`` patterns."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -195,10 +210,8 @@ class MAML(MetaLearner):
         """Image inputs ``[T, M, C, H, W]`` in channels-last order (faster conv and max-pool on CPU), if enabled."""
         if not self.channels_last or batch.support_x.dim() != 5:
             return batch
-        def to(x: Tensor) -> Tensor:  # strides of each task's [M, C, H, W] slice become NHWC
-            return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-
-        return TaskBatch(to(batch.support_x), batch.support_y, to(batch.query_x), batch.query_y)
+        return TaskBatch(channels_last_tasks(batch.support_x), batch.support_y,
+                         channels_last_tasks(batch.query_x), batch.query_y)
 
     def _params(self, detach: bool) -> Params:
         params = dict(self.model.named_parameters())

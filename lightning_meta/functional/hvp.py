@@ -64,9 +64,7 @@ def hvp(
         leaves = _leaves(point)
         loss, _ = task_loss(leaves, x, y)
         grads = scaled_grad(loss, [leaves[n] for n in direction], loss_scale, create_graph=True)
-        dot = sum((g * direction[n]).sum() for n, g in zip(direction, grads))
-        out = torch.autograd.grad(dot, [leaves[n] for n in names], allow_unused=True)
-        return {n: torch.zeros_like(point[n]) if h is None else h.detach() for n, h in zip(names, out)}
+        return _hvp_from_graph(leaves, grads, direction)
     if method == "finite_difference":
         eps = finite_difference_step(point, direction)
         plus = _leaves({n: p + eps * direction[n] if n in direction else p for n, p in point.items()})
@@ -99,9 +97,10 @@ def meta_gradient_hvp(
 ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, list[Tensor]]:
     """Exact d(query loss of phi_K)/d(theta, lrs) by the reverse recurrence, one inner step in memory.
 
-    Forward: ``phi_{k+1} = phi_k - a_k * g_k`` (no graph kept). Backward, with ``v = dL_q/dphi_K``:
-    ``u = H_k (a_k * v)``; ``v <- v - u`` on the adapted tensors, ``dL/dtheta_other -= u`` on the others
-    (the mixed second derivatives), ``dL/da_k[i] = -<g_k[i], v_i>``.
+    Forward: ``phi_{k+1} = phi_k - a_k * g_k``, no graph kept except the last step's (``"autograd"``), which
+    the first reverse HVP reuses instead of recomputing that support forward/backward. Backward, with
+    ``v = dL_q/dphi_K``: ``u = H_k (a_k * v)``; ``v <- v - u`` on the adapted tensors, ``dL/dtheta_other -= u``
+    on the others (the mixed second derivatives), ``dL/da_k[i] = -<g_k[i], v_i>``.
 
     Returns ``(grads by name, lr grads like lrs, query loss, query output, inner losses)``, all detached.
     """
@@ -109,10 +108,14 @@ def meta_gradient_hvp(
     rows = lrs.detach()
     point = {n: p.detach() for n, p in theta.items()}
     iterates, inner_grads, inner_losses = [], [], []
+    last_graph = None
     for k in range(steps):
-        leaves = {**point, **{n: point[n].detach().requires_grad_() for n in names}}
+        keep = method == "autograd" and k == steps - 1  # reused by the first reverse HVP
+        leaves = _leaves(point) if keep else {**point, **{n: point[n].detach().requires_grad_() for n in names}}
         loss, _ = task_loss(leaves, xs, ys)
-        grads = scaled_grad(loss, [leaves[n] for n in names], loss_scale)
+        grads = scaled_grad(loss, [leaves[n] for n in names], loss_scale, create_graph=keep)
+        if keep:
+            last_graph = (leaves, grads)
         iterates.append(point)
         inner_grads.append([g.detach() for g in grads])
         inner_losses.append(loss.detach())
@@ -128,6 +131,16 @@ def meta_gradient_hvp(
         for i, n in enumerate(names):
             lr_grad[r, i] -= (inner_grads[k][i] * grad[n]).sum()
         weighted = {n: rows[r, i] * grad[n] for i, n in enumerate(names)}
-        hv = hvp(task_loss, iterates[k], weighted, xs, ys, method, loss_scale)
+        if last_graph is not None:
+            hv, last_graph = _hvp_from_graph(*last_graph, weighted), None
+        else:
+            hv = hvp(task_loss, iterates[k], weighted, xs, ys, method, loss_scale)
         grad = {n: g - hv[n] for n, g in grad.items()}
     return grad, lr_grad, q_loss.detach(), q_out.detach(), inner_losses
+
+
+def _hvp_from_graph(leaves: Params, grads: Sequence[Tensor], direction: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``H w``: differentiate ``<grads, w>`` through a kept inner-step graph (``grads``: of ``direction``'s names)."""
+    dot = sum((g * direction[n]).sum() for n, g in zip(direction, grads))
+    out = torch.autograd.grad(dot, list(leaves.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if h is None else h.detach() for (n, p), h in zip(leaves.items(), out)}

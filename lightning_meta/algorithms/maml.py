@@ -120,9 +120,13 @@ class MAML(MetaLearner):
         >>> from lightning_meta.models import MLP
         >>> model = MAML(MLP(), inner_lr=0.01, inner_steps=1, eval_inner_steps=10)
         >>> dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25)
-        >>> pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
-        ...            enable_progress_bar=False, enable_model_summary=False,
-        ...            limit_val_batches=1).fit(model, dm)  # doctest: +SKIP
+        >>> trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...                      enable_model_summary=False, limit_val_batches=1)
+        >>> trainer.fit(model, dm)
+        MAML BatchNorm policy: transductive (no BatchNorm layers: [])
+        >>> sorted(trainer.validate(model, dm, verbose=False)[0])  # doctest: +NORMALIZE_WHITESPACE
+        ['val/loss', 'val/loss_ci95', 'val/mse', 'val/mse_ci95',
+         'val/pre_loss', 'val/pre_loss_ci95', 'val/pre_mse', 'val/pre_mse_ci95']
     """
 
     def __init__(

@@ -6,7 +6,7 @@ from maml_oracles import finite_difference_gradient, first_order_gradient, secon
 
 from lightning_meta import MAML, SinusoidTasks, TaskBatch
 from lightning_meta.data.seeding import task_generator
-from lightning_meta.functional import TaskLoss, hvp
+from lightning_meta.functional import TaskLoss, hvp, scaled_grad
 from lightning_meta.models import MLP, Conv4
 
 warnings.filterwarnings("ignore", message=".*self.trainer.*")
@@ -176,3 +176,29 @@ def test_channels_last_survives_adaptation_with_one_input_channel():
     assert all(s[1] != 1 for s in strides[:len(strides) // 2])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+def test_inner_loss_scale_guards_float16_inner_gradients_from_underflow():
+    """The fp16 trap of 16-mixed, on CPU: float16 autocast with gradients near float16's subnormal range.
+
+    A loss weighted by 1e-5 stands in for the small gradients deep in a network. Unscaled, the float16
+    backward loses them to subnormals and zeros; scaled by 2**10 (the 16-mixed default) and divided back, the
+    inner gradient matches a float64 oracle.
+    """
+    torch.manual_seed(0)
+    model = MLP()
+    x = torch.rand(10, 1) * 10 - 5
+    y = 3 * torch.sin(x)
+    task_loss = TaskLoss(model, lambda out, target: 1e-5 * torch.nn.functional.mse_loss(out, target))
+    params = dict(model.named_parameters())
+    exact64 = {n: p.detach().double().requires_grad_() for n, p in params.items()}
+    oracle = dict(zip(params, torch.autograd.grad(task_loss(exact64, x.double(), y.double())[0],
+                                                  list(exact64.values()))))
+    errors = {}
+    for scale in (1.0, 2.0**10):
+        with torch.autocast("cpu", dtype=torch.float16):
+            grads = scaled_grad(task_loss(params, x, y)[0], list(params.values()), scale)
+        errors[scale] = relative_error({n: g.double() for n, g in zip(params, grads)}, oracle)
+    print(f"relative error of the float16 inner gradient: {errors}")
+    assert errors[2.0**10] < 2e-3
+    assert errors[1.0] > 10 * errors[2.0**10]

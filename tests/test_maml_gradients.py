@@ -202,3 +202,16 @@ def test_inner_loss_scale_guards_float16_inner_gradients_from_underflow():
     print(f"relative error of the float16 inner gradient: {errors}")
     assert errors[2.0**10] < 2e-3
     assert errors[1.0] > 10 * errors[2.0**10]
+
+
+def test_adapted_params_and_forward_reproduce_predict_step():
+    torch.manual_seed(0)
+    shape = (2, 6, 1, 16, 16)
+    batch = TaskBatch(torch.rand(shape), torch.tensor([[0, 1, 2] * 2] * 2), torch.rand(shape),
+                      torch.tensor([[2, 0, 1] * 2] * 2))
+    maml = MAML(Conv4(out_features=3, hidden=8, image_size=16), inner_lr=0.3, eval_inner_steps=2)
+    predicted = maml.predict_step(batch, 0)
+    for t in range(2):
+        phi = maml.adapted_params(batch.support_x[t], batch.support_y[t])
+        assert not torch.allclose(phi["head.weight"], maml.model.head.weight)
+        torch.testing.assert_close(maml(batch.query_x[t], params=phi), predicted[t], atol=1e-5, rtol=1e-4)

@@ -377,15 +377,20 @@ class MAML(MetaLearner):
         """The adapted parameters ``phi`` for one task's support set (no outer graph)."""
         task_loss = TaskLoss(self.model, self.loss_fn(self.task_type_of(support_y)))
         with grad_enabled():
-            support_x, support_y = usable(support_x), usable(support_y)
+            support_x, support_y = self._image_layout(usable(support_x)), usable(support_y)
             fast = adapt(task_loss, self._params(detach=True), self.adapted, support_x, support_y,
                          self.inner_lrs.detach(), self.eval_inner_steps if steps is None else steps,
-                         create_graph=False)
+                         create_graph=False, loss_scale=self._loss_scale())
         return {n: p.detach() for n, p in fast.items()}
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         """The backbone's output with ``params`` (e.g. from :meth:`adapted_params`), or with ``theta``."""
+        x = self._image_layout(x)
         return self.model(x) if params is None else functional_call(self.model, params, (x,))
+
+    def _image_layout(self, x: Tensor) -> Tensor:
+        """One task's images ``[M, C, H, W]`` in channels-last strides, if enabled."""
+        return channels_last_tasks(x[None])[0] if self.channels_last and x.dim() == 4 else x
 
 
 

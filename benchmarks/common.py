@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+#: where results are saved: ``$LIGHTNING_META_RESULTS`` if set (e.g. a device run's $OUT), else ``benchmarks/results``
+RESULTS = Path(os.environ.get("LIGHTNING_META_RESULTS", ROOT / "benchmarks" / "results"))
 
 
 def omniglot_root() -> Path:

@@ -3,13 +3,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import run_script
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from maml_job import build, trainer  # noqa: E402
+from maml_job import PoisonedMAML, build, trainer  # noqa: E402
 
 from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks, TaskBatch  # noqa: E402
 from lightning_meta.models import MLP, Conv4  # noqa: E402
@@ -149,7 +150,9 @@ def test_non_finite_loss_names_step_and_task(mode):
     with pytest.raises(FloatingPointError, match="non-finite loss at inner step 0 of task 1"):
         model.training_step(batch, 0)
     skip = MAML(MLP(), inner_lr=0.01, nonfinite="skip", meta_gradient=mode)
-    assert skip.training_step(batch, 0) is None
+    loss = skip.training_step(batch, 0)
+    loss.backward()
+    assert loss.item() == 0 and all(p.grad is not None and not p.grad.any() for p in skip.parameters())
 
 
 def test_adaptation_curve_matches_separate_evaluations():
@@ -165,3 +168,47 @@ def test_adaptation_curve_matches_separate_evaluations():
         model.eval_inner_steps = k
         post = trainer(devices=1).test(model, dm, verbose=False)[0]["test/loss"]
         assert curve["loss"][k] == pytest.approx(post, rel=1e-5)
+
+
+def test_ddp_ranks_agree_on_a_non_finite_loss_seen_by_one_rank(tmp_path):
+    """Rank 1 alone sees NaN at step 1: with "skip" both ranks skip it (as one device skips the whole
+    meta-batch) and training goes on; with "raise" both ranks raise, rank 0 naming rank 1, and nobody hangs."""
+    run_script("ddp_nonfinite.py", str(tmp_path), "skip", timeout=180)
+    saved = torch.load(tmp_path / "nonfinite.pt", weights_only=False)
+    model, dm = build(8, model_cls=PoisonedMAML, nonfinite="skip")
+    trainer(devices=1, max_steps=3).fit(model, dm)
+    assert_same_weights(model.state_dict(), saved["state"])
+    assert not torch.allclose(model.model.head.weight, build(8)[0].model.head.weight)  # the other steps moved it
+    failed = run_script("ddp_nonfinite.py", str(tmp_path), "raise", timeout=180, check=False)
+    assert failed.returncode != 0
+    assert "FloatingPointError: MAML: non-finite loss at inner step 0 of task 0 on rank 1" in failed.stderr
+    assert "FloatingPointError: MAML: non-finite loss at rank(s) [1] (this rank, 0, was finite)" in failed.stderr
+
+
+class AdamPoisonedMAML(PoisonedMAML):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("accumulate, poison", [(1, {"poison_step": 1}), (2, {"poison_step": 1}),
+                                               (2, {"poison_batch": 2})])
+def test_skipped_meta_batch_takes_no_optimizer_step(accumulate, poison):
+    """With Adam a zero gradient would still move the weights (momentum): a skipped step must not step.
+    Under accumulation, a window with one finite meta-batch still steps on that one's gradient."""
+    model, dm = build(4, model_cls=AdamPoisonedMAML, nonfinite="skip")
+    for key, value in poison.items():
+        setattr(model, key, value)
+    weights = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            weights.append(module.model.head.weight.detach().clone())
+
+    trainer(devices=1, max_steps=3, accumulate_grad_batches=accumulate, callbacks=[Record()]).fit(model, dm)
+    steps = int(model.trainer.optimizers[0].state[model.model.head.weight]["step"])
+    if accumulate == 1:  # batch 1 poisoned: weights after it unchanged, Adam counted 2 steps of 3
+        assert torch.equal(weights[1], weights[0]) and not torch.equal(weights[2], weights[1]) and steps == 2
+    elif "poison_step" in poison:  # global step 1 = batches 2 and 3, both poisoned: that window takes no step
+        assert torch.equal(weights[3], weights[1]) and not torch.equal(weights[5], weights[3]) and steps == 2
+    else:  # only batch 2 poisoned: its window steps on batch 3's gradient alone
+        assert not torch.equal(weights[3], weights[1]) and steps == 3

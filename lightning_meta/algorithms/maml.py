@@ -106,13 +106,14 @@ class MAML(MetaLearner):
     or ``"none"`` (the model must have no BatchNorm); ``vectorize=True`` runs the tasks of a meta-batch in
     one ``torch.func.vmap`` call (same numbers; on 2 CPU cores the loop was faster, so it is off by
     default); ``nonfinite="raise"`` stops with the step and task of a non-finite loss, ``"skip"`` skips the
-    meta-batch (not under DDP). ``inner_loss_scale`` multiplies the inner loss before differentiation
-    and divides the gradient back; ``None`` means 1, or ``2**10`` under ``16-mixed`` precision, where inner
-    gradients would otherwise underflow in float16. ``channels_last`` stores image inputs and conv weights
-    channels-last (faster convolutions and pooling on CPU). In validation/test, ``pre_adaptation_metrics``
-    adds the query metrics before adaptation (``val/pre_loss``, ``val/pre_acc``: one more query forward per
-    task), and ``adaptation_curve=True`` records the query loss and score after each of the
-    ``0..eval_inner_steps`` inner steps (see :attr:`adaptation_curves`; the W&B callback plots it).
+    meta-batch (under DDP the ranks agree first: all skip or all raise). ``inner_loss_scale`` multiplies the
+    inner loss before differentiation and divides the gradient back; ``None`` means 1, or ``2**10`` under
+    ``16-mixed`` precision, where inner gradients would otherwise underflow in float16. ``channels_last``
+    stores image inputs and conv weights channels-last (faster convolutions and pooling on CPU). In
+    validation/test, ``pre_adaptation_metrics`` adds the query metrics before adaptation (``val/pre_loss``,
+    ``val/pre_acc``: one more query forward per task), and ``adaptation_curve=True`` records the query loss
+    and score after each of the ``0..eval_inner_steps`` inner steps (see :attr:`adaptation_curves`; the W&B
+    callback plots it).
 
     Example:
         >>> import pytorch_lightning as pl
@@ -158,6 +159,7 @@ class MAML(MetaLearner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.meta_gradient, self.hvp_method, self.vectorize = meta_gradient, hvp_method, vectorize
         self.nonfinite, self.inner_loss_scale = nonfinite, inner_loss_scale
+        self._window_contributed = False  # a meta-batch since the last optimizer step had a finite loss
         self.batch_norm_layers = self._apply_batch_norm_policy(batch_norm)  # after self.vectorize
         self.channels_last = channels_last
         self.pre_adaptation_metrics, self.adaptation_curve = pre_adaptation_metrics, adaptation_curve
@@ -222,19 +224,38 @@ class MAML(MetaLearner):
         return {n: p.detach().requires_grad_() for n, p in params.items()} if detach else params
 
     def _check_finite(self, inner: Tensor, outer: Tensor) -> bool:
-        """``inner [T, steps]`` support losses, ``outer [T]`` query losses; raise or report non-finite."""
-        finite = torch.isfinite(outer).all() & torch.isfinite(inner).all()
-        if bool(finite):
+        """``inner [T, steps]`` support losses, ``outer [T]`` query losses; raise or report non-finite.
+
+        Under DDP the ranks agree first (one all-gather of a flag), so that every rank skips the same step
+        or every rank raises: none is left waiting in the gradient all-reduce.
+        """
+        finite = bool(torch.isfinite(outer).all() & torch.isfinite(inner).all())
+        bad_ranks = self._ranks_where(not finite)
+        if not bad_ranks:
             return True
         if self.nonfinite == "skip":
             return False
-        bad = (~torch.isfinite(inner)).nonzero()
-        where = (f"inner step {int(bad[0, 1])} of task {int(bad[0, 0])}" if len(bad)
-                 else f"the query loss of task {int((~torch.isfinite(outer)).nonzero()[0, 0])}")
+        if finite:
+            where = f"rank(s) {bad_ranks} (this rank, {self.global_rank}, was finite)"
+        else:
+            bad = (~torch.isfinite(inner)).nonzero()
+            where = (f"inner step {int(bad[0, 1])} of task {int(bad[0, 0])}" if len(bad)
+                     else f"the query loss of task {int((~torch.isfinite(outer)).nonzero()[0, 0])}")
+            where += f" on rank {self.global_rank}" if self._world_size() > 1 else ""
         raise FloatingPointError(
             f"MAML: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
             f"(now {self.hparams.inner_lr}) or lr, or set nonfinite='skip'"
         )
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _ranks_where(self, flag: bool) -> list[int]:
+        """The ranks on which ``flag`` holds (all-gathered under several processes)."""
+        if self._world_size() == 1:
+            return [0] if flag else []
+        flags = self.all_gather(torch.tensor(int(flag), device=self.device))
+        return flags.flatten().nonzero().flatten().tolist()
 
     # --------------------------------------------------------- unrolled path
     def _run_tasks(self, batch: TaskBatch, steps: int, task_type: str, *, training: bool) -> tuple[Tensor, ...]:
@@ -304,7 +325,7 @@ class MAML(MetaLearner):
         return loss, q_losses_t, torch.stack(q_outs), torch.stack(inner)
 
     # ------------------------------------------------------------ Lightning
-    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         task_type = self._last_task_type = self.resolve_task_type(batch)
         if self.meta_gradient == "hvp":
             loss, q_losses, q_outs, inner = self._run_hvp(batch, task_type)
@@ -312,10 +333,24 @@ class MAML(MetaLearner):
             q_losses, q_outs, inner = self._run_tasks(batch, self.inner_steps, task_type, training=True)
             loss = q_losses.mean()
         if not self._check_finite(inner, q_losses):
-            return None
+            return self._zero_loss()
+        self._window_contributed = True
         score = self.episode_score(task_type, q_outs.detach(), batch.query_y)
         self.log_train(task_type, q_losses.detach().mean(), score, batch.num_tasks)
         return loss
+
+    def _zero_loss(self) -> Tensor:
+        """A skipped meta-batch's loss: zero gradient on every parameter, so DDP's all-reduce still runs."""
+        return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, except that an accumulation window of only skipped meta-batches takes none."""
+        if self.nonfinite != "skip" or optimizer_closure is None:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        result = optimizer_closure()
+        contributed, self._window_contributed = self._window_contributed, False
+        if contributed:
+            super().optimizer_step(epoch, batch_idx, optimizer, lambda: result)
 
     def _eval_step(self, batch: TaskBatch, stage: str) -> None:
         """Adapt without an outer graph; query metrics after 0 (pre) and K (post) steps, or every step."""

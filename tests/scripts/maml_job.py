@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks
+from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks, TaskBatch
 from lightning_meta.models import MLP
 
 
@@ -14,9 +14,24 @@ class SGDMAML(MAML):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def build(meta_batch: int, meta_gradient: str = "second_order", test_episodes: int = 600):
+class PoisonedMAML(SGDMAML):
+    """Feeds NaN support inputs at global step ``poison_step`` (or at ``poison_batch``, a batch index), on
+    ``poison_rank`` only, or on every rank if None."""
+
+    poison_step, poison_batch, poison_rank = 1, None, None
+
+    def training_step(self, batch: TaskBatch, batch_idx: int):
+        when = batch_idx == self.poison_batch if self.poison_batch is not None else self.global_step == self.poison_step
+        if when and self.poison_rank in (None, self.global_rank):
+            batch = batch._replace(support_x=batch.support_x * float("nan"))
+        return super().training_step(batch, batch_idx)
+
+
+def build(meta_batch: int, meta_gradient: str = "second_order", test_episodes: int = 600,
+          model_cls: type[MAML] = SGDMAML, **maml_kwargs):
     torch.manual_seed(0)
-    model = SGDMAML(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, meta_gradient=meta_gradient, lr=0.05)
+    model = model_cls(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, meta_gradient=meta_gradient, lr=0.05,
+                      **maml_kwargs)
     dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch,
                             train_episodes_per_epoch=1000, val_episodes=0, test_episodes=test_episodes,
                             eval_meta_batch_size=50, seed=3)

@@ -34,7 +34,7 @@ from common import omniglot_root, save
 from torch.func import functional_call
 
 from lightning_meta import MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
-from lightning_meta.algorithms.maml import channels_last_tasks
+from lightning_meta.algorithms.maml import channels_last_batch, channels_last_tasks
 from lightning_meta.models import Conv4
 
 WAYS, SHOTS, QUERIES, META_BATCH, INNER_LR = 5, 1, 15, 32, 0.4
@@ -77,7 +77,7 @@ def l2l_train(first_order: bool, channels_last: bool = False):
     loss_fn = torch.nn.functional.cross_entropy
 
     def step(batch: TaskBatch) -> None:
-        batch = layout(batch, channels_last)
+        batch = channels_last_batch(batch) if channels_last else batch
         opt.zero_grad()
         total = 0.0
         for t in range(batch.num_tasks):
@@ -128,13 +128,6 @@ def conv4(channels_last: bool) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def layout(batch: TaskBatch, channels_last: bool) -> TaskBatch:
-    if not channels_last:
-        return batch
-    return TaskBatch(channels_last_tasks(batch.support_x), batch.support_y, channels_last_tasks(batch.query_x),
-                     batch.query_y)
-
-
 def floor_train():
     """The query forward + backward through per-task weights alone: work every MAML step includes."""
     torch.manual_seed(0)
@@ -142,7 +135,7 @@ def floor_train():
     theta = dict(model.named_parameters())
 
     def step(batch: TaskBatch) -> None:
-        batch = layout(batch, True)
+        batch = channels_last_batch(batch)
         for t in range(batch.num_tasks):
             phi = {n: p * 1.0 for n, p in theta.items()}  # per-task tensors, as the adapted weights are
             out = functional_call(model, phi, (batch.query_x[t],))
@@ -157,7 +150,7 @@ def floor_eval():
     model = conv4(channels_last=True)
 
     def step(batch: TaskBatch) -> None:
-        batch = layout(batch, True)
+        batch = channels_last_batch(batch)
         with torch.no_grad():
             for t in range(batch.num_tasks):
                 model(batch.query_x[t])

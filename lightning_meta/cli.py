@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
@@ -37,7 +36,7 @@ class MetaCLI(LightningCLI):
 def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
     """Entry point of ``lightning-meta`` / ``python -m lightning_meta`` (subcommands fit/validate/test/predict)."""
     os.environ.setdefault("WANDB_MODE", "offline")
-    kwargs: dict[str, Any] = dict(
+    return MetaCLI(
         model_class=MetaLearner,
         datamodule_class=EpisodicDataModule,
         subclass_mode_model=True,
@@ -46,7 +45,6 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
         args=args,
         run=run,
     )
-    return MetaCLI(**kwargs)
 
 
 if __name__ == "__main__":

@@ -158,12 +158,17 @@ def test_inner_loss_scale_leaves_gradients_unchanged():
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
 
 
+def omniglot_like_batch() -> TaskBatch:
+    """2 tasks, 3-way 2-shot 2-query, one-channel 16x16 images in separate contiguous tensors (as loaded)."""
+    torch.manual_seed(0)
+    shape = (2, 6, 1, 16, 16)
+    return TaskBatch(torch.rand(shape), torch.tensor([[0, 1, 2] * 2] * 2), torch.rand(shape),
+                     torch.tensor([[2, 0, 1] * 2] * 2))
+
+
 def test_channels_last_survives_adaptation_with_one_input_channel():
     """One-channel images (Omniglot) must stay NHWC through adapted weights (else BN and pooling run NCHW)."""
-    torch.manual_seed(0)
-    shape = (2, 6, 1, 16, 16)  # separate contiguous tensors, as a DataLoader delivers them
-    batch = TaskBatch(torch.rand(shape), torch.tensor([[0, 1, 2] * 2] * 2), torch.rand(shape),
-                      torch.tensor([[2, 0, 1] * 2] * 2))
+    batch = omniglot_like_batch()
     grads, strides = [], []
     for channels_last in (False, True):
         torch.manual_seed(1)
@@ -205,10 +210,7 @@ def test_inner_loss_scale_guards_float16_inner_gradients_from_underflow():
 
 
 def test_adapted_params_and_forward_reproduce_predict_step():
-    torch.manual_seed(0)
-    shape = (2, 6, 1, 16, 16)
-    batch = TaskBatch(torch.rand(shape), torch.tensor([[0, 1, 2] * 2] * 2), torch.rand(shape),
-                      torch.tensor([[2, 0, 1] * 2] * 2))
+    batch = omniglot_like_batch()
     maml = MAML(Conv4(out_features=3, hidden=8, image_size=16), inner_lr=0.3, eval_inner_steps=2)
     predicted = maml.predict_step(batch, 0)
     for t in range(2):

@@ -102,12 +102,23 @@ class MetaLearner(pl.LightningModule):
         if stage not in self._curve_sums:
             return
         sums, count = self._curve_sums.pop(stage)
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if self._world_size() > 1:
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
             count = self.trainer.strategy.reduce(count, reduce_op="sum")
         mean = (sums / count).float().cpu()
         self.adaptation_curves[stage] = {"step": list(range(mean.shape[1])), "loss": mean[0].tolist(),
                                          "score": mean[1].tolist(), "score_name": self.score_name(self._last_task_type)}
+
+    # -------------------------------------------------------------- DDP ranks
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _ranks_where(self, flag: bool) -> list[int]:
+        """The ranks on which ``flag`` holds (all-gathered under several processes)."""
+        if self._world_size() == 1:
+            return [0] if flag else []
+        flags = self.all_gather(torch.tensor(int(flag), device=self.device))
+        return flags.flatten().nonzero().flatten().tolist()
 
     def _eval_epoch_end(self, stage: str) -> None:
         self._finish_curve(stage)

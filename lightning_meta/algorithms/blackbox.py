@@ -87,11 +87,10 @@ class BlackBoxAdaptation(MetaLearner):
         label_dim = max(ways, y_dim)
         self.pair_net = mlp([feature_dim + label_dim, hidden, hidden])
         self.task_net = mlp([hidden, hidden, task_dim])
-        readout = hidden  # mean: the class-conditional (classification) or global (regression) mean pair
+        readout = hidden  # width of the per-query read-out: a mean pair, an attention read or a sequence token
         if aggregator == "attention":
             self.query_proj, self.key_proj = nn.Linear(feature_dim, hidden), nn.Linear(feature_dim, hidden)
             self.attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
-            readout = hidden
         elif aggregator == "sequence":
             self.token_in = nn.Linear(feature_dim + label_dim, hidden)
             block = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, batch_first=True)
@@ -123,11 +122,15 @@ class BlackBoxAdaptation(MetaLearner):
             raise ValueError(f"regression targets have {batch.support_y.shape[-1]} values, but y_dim={self.y_dim}")
         return 0
 
+    def _encode_support(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Pair embeddings ``[T, S, hidden]`` of the support set and its task vector ``h_i`` ``[T, task_dim]``."""
+        pairs = self.pair_net(torch.cat([features, labels], -1))
+        return pairs, self.task_net(pairs.mean(1))
+
     def task_vector(self, support_x: Tensor, support_y: Tensor, task_type: str | None = None) -> Tensor:
         """``h_i`` ``[T, task_dim]`` of each support set (``support_x [T, S, ...]``, ``support_y [T, S(, d)]``)."""
         task_type = task_type or self.task_type_of(support_y)
-        pairs = self.pair_net(torch.cat([self._features(support_x), self._labels(support_y, task_type)], -1))
-        return self.task_net(pairs.mean(1))
+        return self._encode_support(self._features(support_x), self._labels(support_y, task_type))[1]
 
     def forward(self, batch: TaskBatch) -> Tensor:
         """Raw predictor outputs for the queries, ``[T, Q, out]`` (logits, or mean and variance parameters)."""
@@ -135,8 +138,7 @@ class BlackBoxAdaptation(MetaLearner):
         ways = self._check(batch, task_type)
         fs, fq = self._features(batch.support_x), self._features(batch.query_x)
         labels = self._labels(batch.support_y, task_type)
-        pairs = self.pair_net(torch.cat([fs, labels], -1))
-        h = self.task_net(pairs.mean(1))
+        pairs, h = self._encode_support(fs, labels)
         parts = [fq, h[:, None].expand(-1, fq.shape[1], -1)]
         if self.aggregator == "mean" and task_type == "classification":
             return self._class_scores(parts, pairs, labels[..., :ways])

@@ -53,6 +53,11 @@ def channels_last_tasks(x: Tensor) -> Tensor:
     return x.new_empty((t, m, h, w, c)).copy_(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
 
 
+def channels_last_batch(batch: TaskBatch) -> TaskBatch:
+    """``batch`` with its image inputs ``[T, M, C, H, W]`` copied by :func:`channels_last_tasks`."""
+    return batch._replace(support_x=channels_last_tasks(batch.support_x), query_x=channels_last_tasks(batch.query_x))
+
+
 def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
     """Names of the parameters the inner loop adapts: ``"all"``, ``"head"`` or ``fnmatch`` patterns."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -214,10 +219,7 @@ class MAML(MetaLearner):
 
     def _layout(self, batch: TaskBatch) -> TaskBatch:
         """Image inputs ``[T, M, C, H, W]`` in channels-last order (faster conv and max-pool on CPU), if enabled."""
-        if not self.channels_last or batch.support_x.dim() != 5:
-            return batch
-        return TaskBatch(channels_last_tasks(batch.support_x), batch.support_y,
-                         channels_last_tasks(batch.query_x), batch.query_y)
+        return channels_last_batch(batch) if self.channels_last and batch.support_x.dim() == 5 else batch
 
     def _params(self, detach: bool) -> Params:
         params = dict(self.model.named_parameters())
@@ -247,16 +249,6 @@ class MAML(MetaLearner):
             f"(now {self.hparams.inner_lr}) or lr, or set nonfinite='skip'"
         )
 
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
-
-    def _ranks_where(self, flag: bool) -> list[int]:
-        """The ranks on which ``flag`` holds (all-gathered under several processes)."""
-        if self._world_size() == 1:
-            return [0] if flag else []
-        flags = self.all_gather(torch.tensor(int(flag), device=self.device))
-        return flags.flatten().nonzero().flatten().tolist()
-
     # --------------------------------------------------------- unrolled path
     def _run_tasks(self, batch: TaskBatch, steps: int, task_type: str, *, training: bool) -> tuple[Tensor, ...]:
         """Query losses ``[T]``, query outputs ``[T, M, ...]`` and support losses ``[T, steps]``."""
@@ -268,11 +260,11 @@ class MAML(MetaLearner):
         lrs = self.inner_lrs if training else self.inner_lrs.detach()
         if self.vectorize:
             return self._run_vmap(task_loss, params, lrs, batch, steps, first_order)
-        results = []
+        results, scale = [], self._loss_scale()
         for t in range(batch.num_tasks):
             inner: list[Tensor] = []
             fast = adapt(task_loss, params, self.adapted, batch.support_x[t], batch.support_y[t], lrs, steps,
-                         create_graph=create_graph, first_order=first_order, loss_scale=self._loss_scale(),
+                         create_graph=create_graph, first_order=first_order, loss_scale=scale,
                          on_step=lambda k, phi, loss, inner=inner: inner.append(loss.detach()))
             q_loss, q_out = task_loss(fast, batch.query_x[t], batch.query_y[t])
             results.append((q_loss, q_out, torch.stack(inner) if inner else q_loss.detach().new_zeros(0)))
@@ -307,11 +299,11 @@ class MAML(MetaLearner):
         params = dict(self.model.named_parameters())
         total = {n: torch.zeros_like(p) for n, p in params.items()}
         lr_total = torch.zeros_like(self.inner_lrs)
-        q_losses, q_outs, inner = [], [], []
+        q_losses, q_outs, inner, scale = [], [], [], self._loss_scale()
         for t in range(batch.num_tasks):
             g, lr_g, q_loss, q_out, inner_t = meta_gradient_hvp(
                 task_loss, params, self.adapted, self.inner_lrs, (batch.support_x[t], batch.support_y[t]),
-                (batch.query_x[t], batch.query_y[t]), self.inner_steps, self.hvp_method, self._loss_scale())
+                (batch.query_x[t], batch.query_y[t]), self.inner_steps, self.hvp_method, scale)
             for n in total:
                 total[n] += g[n]
             lr_total += lr_g
@@ -359,6 +351,7 @@ class MAML(MetaLearner):
         steps = self.eval_inner_steps
         wanted = set(range(steps)) if self.adaptation_curve else ({0} if self.pre_adaptation_metrics else set())
         points: list[dict[int, tuple[Tensor, Tensor]]] = []
+        scale, lrs = self._loss_scale(), self.inner_lrs.detach()
         with grad_enabled():
             batch, params = self._layout(usable(batch)), self._params(detach=True)
             for t in range(batch.num_tasks):
@@ -370,8 +363,7 @@ class MAML(MetaLearner):
                         seen[k] = self._query(task_loss, phi, xq, yq)
 
                 fast = adapt(task_loss, params, self.adapted, batch.support_x[t], batch.support_y[t],
-                             self.inner_lrs.detach(), steps, create_graph=False, loss_scale=self._loss_scale(),
-                             on_step=on_step)
+                             lrs, steps, create_graph=False, loss_scale=scale, on_step=on_step)
                 seen[steps] = self._query(task_loss, fast, xq, yq)
                 points.append(seen)
         curve = {k: self._stack_point(points, k, task_type, batch) for k in sorted(points[0])}

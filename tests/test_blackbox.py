@@ -177,3 +177,15 @@ def test_bf16_mixed_trains_on_cpu():
     trainer.fit(model, dm)
     after = trainer.test(model, dm, verbose=False)[0]["test/mse"]
     assert after < 0.8 * before
+
+
+def test_non_finite_loss_raises_on_every_ddp_rank(tmp_path):
+    """Rank 1 alone sees NaN targets: both ranks raise (none waits in the all-reduce); one device raises too."""
+    from blackbox_job import build, trainer
+
+    failed = run_script("ddp_blackbox.py", str(tmp_path), "poison", timeout=180, check=False)
+    assert failed.returncode != 0
+    assert failed.stderr.count("BlackBoxAdaptation: non-finite loss on rank(s) [1] at global step 1") >= 2
+    model, dm = build(4, poison_rank=0)
+    with pytest.raises(FloatingPointError, match="non-finite loss at global step 1"):
+        trainer(devices=1, max_steps=3).fit(model, dm)

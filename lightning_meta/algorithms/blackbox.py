@@ -195,8 +195,10 @@ class BlackBoxAdaptation(MetaLearner):
         task_type = self._last_task_type = self.resolve_task_type(batch)
         losses, score, _ = self._predict(batch, task_type)
         loss = losses.mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"BlackBoxAdaptation: non-finite loss at global step {self.global_step}")
+        bad_ranks = self._ranks_where(not bool(torch.isfinite(loss)))  # under DDP every rank raises together
+        if bad_ranks:
+            where = f" on rank(s) {bad_ranks}" if self._world_size() > 1 else ""
+            raise FloatingPointError(f"BlackBoxAdaptation: non-finite loss{where} at global step {self.global_step}")
         self.log_train(task_type, loss.detach(), score, batch.num_tasks)
         return loss
 

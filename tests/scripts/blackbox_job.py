@@ -5,17 +5,25 @@ from __future__ import annotations
 import torch
 from maml_job import trainer  # noqa: F401 - the same quiet CPU Trainer
 
-from lightning_meta import BlackBoxAdaptation, EpisodicDataModule, SinusoidTasks
+from lightning_meta import BlackBoxAdaptation, EpisodicDataModule, SinusoidTasks, TaskBatch
 from lightning_meta.models import MLP
 
 
 class SGDBlackBox(BlackBoxAdaptation):
+    poison_rank: int | None = None  # this rank sees NaN query targets at global step 1
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
+    def training_step(self, batch: TaskBatch, batch_idx: int):
+        if self.global_step == 1 and self.global_rank == self.poison_rank:
+            batch = batch._replace(query_y=batch.query_y * float("nan"))
+        return super().training_step(batch, batch_idx)
 
-def build(meta_batch: int):
+
+def build(meta_batch: int, poison_rank: int | None = None):
     torch.manual_seed(0)
+    SGDBlackBox.poison_rank = poison_rank
     model = SGDBlackBox(MLP(out_features=16, hidden=(16,)), feature_dim=16, aggregator="attention", task_dim=8,
                         hidden=16, lr=0.05)
     dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch,

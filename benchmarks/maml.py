@@ -6,7 +6,7 @@ Setting: Omniglot 5-way 1-shot 15-query, Conv-4 (64 filters, BatchNorm), meta-ba
 (inner lr 0.4), Adam 1e-3, on real Omniglot meta-batches. Contenders run alternately, round by round, and
 the median per contender is reported:
 
-* training tasks/s: ``MAML.training_step`` + backward + Adam step for each ``meta_gradient``, against
+* training tasks/s: ``MAML.objective`` (training_step's loss) + backward + Adam step for each ``meta_gradient``, against
   ``learn2learn.algorithms.MAML`` (clone/adapt per task, ``first_order`` False/True) on the same batches.
 * evaluation episodes/s: our validation step (inner-loop gradients only, no outer graph), against
   learn2learn's ``LightningMAML.meta_learn`` (its validation step, which builds outer graphs).
@@ -34,7 +34,7 @@ from common import omniglot_root, save
 from torch.func import functional_call
 
 from lightning_meta import MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
-from lightning_meta.algorithms.maml import channels_last_batch, channels_last_tasks
+from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.models import Conv4
 
 WAYS, SHOTS, QUERIES, META_BATCH, INNER_LR = 5, 1, 15, 32, 0.4
@@ -60,10 +60,9 @@ def ours_train(mode: str, **kwargs):
 
     def step(batch: TaskBatch) -> None:
         opt.zero_grad()
-        maml.training_step(batch, 0).backward()
+        maml.objective(batch).loss.backward()  # what training_step returns, without Lightning's logging
         opt.step()
 
-    maml.log = lambda *a, **k: None  # no trainer attached: skip logging
     return step
 
 
@@ -94,14 +93,12 @@ def ours_eval(pre_adaptation_metrics: bool = True):
     torch.manual_seed(0)
     maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, eval_inner_steps=1,
                 pre_adaptation_metrics=pre_adaptation_metrics).to(DEVICE)
-    maml.log = lambda *a, **k: None
     maml.eval()
+    at = {0, 1} if pre_adaptation_metrics else {1}  # what validation_step computes
 
     def step(batch: TaskBatch) -> None:
         with torch.no_grad():
-            maml.validation_step(batch, 0)
-        for metric in maml.episode_metrics.values():
-            metric.reset()
+            maml.query_trajectory(batch, at=at)
 
     return step
 
@@ -189,18 +186,17 @@ def memory_child(mode: str, steps: int) -> None:
     y = torch.arange(WAYS, device=DEVICE).repeat(META_BATCH, SHOTS + QUERIES)
     batch = TaskBatch(x[:, : WAYS * SHOTS], y[:, : WAYS * SHOTS], x[:, WAYS * SHOTS :], y[:, WAYS * SHOTS :])
     maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, inner_steps=steps, meta_gradient=mode).to(DEVICE)
-    maml.log = lambda *a, **k: None
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        maml.training_step(batch, 0).backward()
+        maml.objective(batch).loss.backward()
         torch.cuda.synchronize()
         added = torch.cuda.max_memory_allocated() - before
     else:
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
         before = rss_kib("VmRSS")
-        maml.training_step(batch, 0).backward()
+        maml.objective(batch).loss.backward()
         added = (rss_kib("VmHWM") - before) * 1024
     print(json.dumps({"mode": mode, "steps": steps, "added_bytes": int(added)}))
 

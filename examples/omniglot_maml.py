@@ -23,10 +23,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60_000)
     parser.add_argument("--meta-gradient", default="second_order", choices=["second_order", "first_order", "hvp"])
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--test-episodes", type=int, default=600)
     args = parser.parse_args()
     pl.seed_everything(0, verbose=False)
     dm = EpisodicDataModule(OmniglotTasks(args.root, ways=5, shots=1, queries=15), meta_batch_size=32,
-                            train_episodes_per_epoch=32_000, val_episodes=100, test_episodes=600, num_workers=2)
+                            train_episodes_per_epoch=32_000, val_episodes=100, test_episodes=args.test_episodes,
+                            num_workers=2)
     model = MAML(Conv4(out_features=5), inner_lr=0.4, inner_steps=1, eval_inner_steps=3,
                  meta_gradient=args.meta_gradient)
     checkpoint = ModelCheckpoint(monitor="val/acc", mode="max")

@@ -1,3 +1,3 @@
-from lightning_meta.cli import main
+from lightning_meta.cli import cli_main
 
-main()
+cli_main()

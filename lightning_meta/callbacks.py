@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
+from lightning_meta._lightning import WandbLogger, pl
 from lightning_meta.data.episodes import TaskBatch
 
 
@@ -39,7 +38,7 @@ class WandbEpisodeLogger(pl.Callback):
     The curve needs a model that records one (``MAML(adaptation_curve=True)``); the grid is drawn for image
     tasks. Without a ``WandbLogger`` the callback does nothing.
 
-    Example:
+    Examples:
         >>> trainer = pl.Trainer(logger=MetaWandbLogger(), callbacks=[WandbEpisodeLogger()])  # doctest: +SKIP
     """
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
-
+from lightning_meta._lightning import submodule
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.data.datamodule import EpisodicDataModule
+
+LightningCLI, SaveConfigCallback = submodule("cli").LightningCLI, submodule("cli").SaveConfigCallback
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Saves the full resolved config next to the run and logs it (model, data, trainer) as hyper-parameters.
 
-    Example:
+    Examples:
         >>> cli = MetaCLI(save_config_callback=LoggerSaveConfigCallback)  # doctest: +SKIP
     """
 
@@ -25,16 +26,21 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 class MetaCLI(LightningCLI):
-    """``LightningCLI`` with ``MetaLearner`` subclasses as models and :class:`EpisodicDataModule` as data.
+    """``LightningCLI`` with ``MetaLearner`` subclasses as models and
+    [EpisodicDataModule][lightning_meta.EpisodicDataModule] as data.
 
-    Example:
+    Examples:
         >>> cli = main(["--config", "examples/configs/sinusoid_maml.yaml"], run=False)  # doctest: +SKIP
         >>> cli.trainer.fit(cli.model, cli.datamodule)  # doctest: +SKIP
     """
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
-    """Entry point of ``lightning-meta`` / ``python -m lightning_meta`` (subcommands fit/validate/test/predict)."""
+    """Build (and with ``run=True`` run) the CLI in-process; returns it, e.g. to read ``cli.trainer`` in a notebook.
+
+    The console script is [cli_main][lightning_meta.cli.cli_main], not this function: a console script passes
+    its function's return value to ``sys.exit``, and a returned object is an exit status of 1.
+    """
     os.environ.setdefault("WANDB_MODE", "offline")
     return MetaCLI(
         model_class=MetaLearner,
@@ -47,5 +53,14 @@ def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
     )
 
 
+def cli_main(args: list[str] | None = None) -> None:
+    """Entry point of ``lightning-meta`` and ``python -m lightning_meta`` (subcommands fit/validate/test/predict).
+
+    Returns ``None``, so the process exits with status 0 after a good run; a bad option exits with
+    jsonargparse's usage error (status 2) and an exception in training with its traceback (status 1).
+    """
+    main(args)
+
+
 if __name__ == "__main__":
-    main()
+    cli_main()

@@ -16,7 +16,7 @@ class EpisodeMeanCI(Metric):
     ``{"mean": ..., "ci95": ..., "n": ...}``. The state is the list of values, concatenated across DDP
     ranks, so 2 ranks over disjoint shards give exactly the numbers of 1 rank over the union.
 
-    Example:
+    Examples:
         >>> import torch
         >>> metric = EpisodeMeanCI()
         >>> metric.update(torch.tensor([0.8, 1.0, 0.9, 0.7]))

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds and installs learn2learn 0.2.0 (the only PyPI release) on Python >= 3.11.
 #
-# Its sdist ships Cython-generated C that includes `longintrepr.h`, removed in Python 3.11 (upstream
-# issue #413), so `pip install learn2learn` fails. This script regenerates the C files with a current
-# Cython and installs the package without its heavy optional dependencies (gym, torchvision, gsutil,
-# qpth, ...). learn2learn's own `__init__` imports those sub-packages eagerly; the script makes the
-# `gym`, `text` and `vision` imports optional so `learn2learn.data` and `learn2learn.algorithms` load
-# beside a torch build that has no matching torchvision. Only PyPI is contacted.
+# On Python 3.10, `pip install "lightning-meta[learn2learn]"` installs learn2learn itself; on 3.11+ that extra
+# installs nothing and this script is the way: learn2learn's sdist ships Cython-generated C that includes
+# `longintrepr.h`, removed in Python 3.11 (upstream issue #413), so `pip install learn2learn` fails. This
+# script regenerates the C files with a current Cython and installs the package without its heavy optional
+# dependencies (gym, torchvision, gsutil, qpth, ...). learn2learn's own `__init__` imports those sub-packages
+# eagerly; the script makes the `gym`, `text` and `vision` imports optional so `learn2learn.data` and
+# `learn2learn.algorithms` load beside a torch build that has no matching torchvision. Only PyPI is contacted.
 set -euo pipefail
 python -m pip install -q "cython>=3,<4" "setuptools<81" scipy tqdm requests
 work=$(mktemp -d)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,28 +42,90 @@ def index_dataset(classes: int = 20, per_class: int = 10, dim: int = 3) -> Tenso
     return TensorDataset(x, torch.arange(n) % classes)
 
 
-#: errors of the machine's networking, not of the code under test: a DDP launch that hits one is retried once
-RENDEZVOUS_ERRORS = ("Address already in use", "EADDRINUSE", "Connection refused", "Connection reset by peer",
-                     "DistNetworkError", "Socket Timeout")
+#: the TCP ports a launch may use as MASTER_PORT: below the kernel's ephemeral range, so that no outgoing
+#: connection (of this machine's other processes, or of gloo itself) and no ``bind(port 0)`` can take one, and
+#: below torchrun's defaults (29400, 29500)
+PORT_RANGE = (20000, 29000)
+PORT_LOCKS = Path(tempfile.gettempdir()) / "lightning_meta_test_ports"
 
 
-def run_script(name: str, *args: str, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A free TCP port, held for this launch alone until the ``with`` block ends.
+
+    Lightning's own choice (bind port 0, close, hand the number to the ranks) races: until rank 0's TCPStore
+    binds it, seconds later on a busy machine, the kernel may give the same ephemeral port to any other socket.
+    Here the port lies outside the ephemeral range, and an exclusive lock file per port keeps every other launch
+    of this test suite (other pytest sessions, ``scripts/stress_ddp.sh``) off it while it is in use; the bind
+    check (with ``SO_REUSEADDR``, as the TCPStore binds) skips ports that anything else listens on.
+    """
+    low, high = PORT_RANGE[0], min(PORT_RANGE[1], _ephemeral_low())
+    if high - low < 100:
+        raise RuntimeError(f"no port range below the ephemeral ports (from {_ephemeral_low()}) for MASTER_PORT")
+    PORT_LOCKS.mkdir(exist_ok=True)
+    start = random.Random(os.getpid() ^ time.monotonic_ns()).randrange(low, high)
+    for port in [*range(start, high), *range(low, start)]:
+        with open(PORT_LOCKS / f"{port}.lock", "w") as lock:  # closing it releases the lock
+            if _locked(lock) and _bindable(port):
+                yield port
+                return
+    raise RuntimeError(f"no free TCP port in {low}..{high - 1}")
+
+
+def _locked(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _bindable(port: int) -> bool:
+    family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+#: a cluster's or launcher's variables that would make a launched script join (or think it is) another job
+DIST_ENV = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+            "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """This environment without DIST_ENV and SLURM_* (the tests launch their own ranks), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith("SLURM_")}
+    return {**env, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **extra}
+
+
+def run_script(name: str, *args: str, timeout: int = 300, check: bool = True,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``tests/scripts/NAME`` in a fresh interpreter (DDP launchers re-execute their script).
 
-    With ``check`` a non-zero exit fails the test, showing the output's head and tail, and a launch that
-    failed on a port or connection error of the process group's rendezvous is first retried once (and
-    says so); without it the result is returned as it is (for tests of failures).
+    The launch gets its own ``MASTER_PORT`` (:func:`reserved_port`), so that DDP's rendezvous cannot meet a
+    port another process took. With ``check`` a non-zero exit fails the test, showing the output's head and
+    tail; without it the result is returned as it is (for tests of failures).
     """
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
     command = [sys.executable, str(REPO / "tests" / "scripts" / name), *args]
-    for attempt in range(2):
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=args[0] if args else None)
-        rendezvous = check and proc.returncode != 0 and any(e in proc.stderr for e in RENDEZVOUS_ERRORS)
-        if not rendezvous or attempt == 1:
-            break
-        print(f"{name}: rendezvous error, retrying once:\n{proc.stderr[-2000:]}")
+    with reserved_port() as port:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env={**script_env(MASTER_PORT=str(port)), **(env or {})}, cwd=args[0] if args else None)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[:3000]}\n...\n{proc.stderr[-6000:]}")
+        raise AssertionError(failure_report(name, proc))
     return proc
+
+
+def failure_report(name: str, proc: subprocess.CompletedProcess) -> str:
+    return (f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[:3000]}\n...\n{proc.stderr[-6000:]}")

@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import run_script
 
 from lightning_meta import BlackBoxAdaptation, EpisodicDataModule, OmniglotTasks, SinusoidTasks, TaskBatch
 from lightning_meta.models import MLP, Conv4
@@ -74,15 +73,13 @@ def test_too_many_ways_is_a_clear_error():
 @pytest.mark.parametrize("aggregator", ["mean", "attention", "sequence"])
 def test_gradients_reach_every_parameter(aggregator):
     model = classifier(aggregator).float()
-    model.log = lambda *a, **k: None
-    model.training_step(classification_batch(), 0).backward()
+    model.objective(classification_batch()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
 
 def test_regression_with_variance_uses_gaussian_nll_and_reports_mse():
     model = regression_model("mean", predict_variance=True)
-    model.log = lambda *a, **k: None
     batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(4)])
     losses, mse, mean = model._predict(batch, "regression")
     out = model(batch)
@@ -121,17 +118,6 @@ def test_omniglot_five_way_accuracy_well_above_chance(omniglot, aggregator):
     trainer.fit(model, dm)
     acc = trainer.test(model, dm, verbose=False)[0]["test/acc"]
     assert acc > 0.4  # chance is 0.2
-
-
-def test_two_rank_ddp_update_equals_one_device(tmp_path):
-    from blackbox_job import build, trainer
-
-    run_script("ddp_blackbox.py", str(tmp_path))
-    saved = torch.load(tmp_path / "ddp.pt", weights_only=False)
-    model, dm = build(8)
-    trainer(max_steps=3, devices=1).fit(model, dm)
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(saved[name], value, atol=1e-6, rtol=1e-5)
 
 
 def test_bad_arguments():
@@ -177,15 +163,3 @@ def test_bf16_mixed_trains_on_cpu():
     trainer.fit(model, dm)
     after = trainer.test(model, dm, verbose=False)[0]["test/mse"]
     assert after < 0.8 * before
-
-
-def test_non_finite_loss_raises_on_every_ddp_rank(tmp_path):
-    """Rank 1 alone sees NaN targets: both ranks raise (none waits in the all-reduce); one device raises too."""
-    from blackbox_job import build, trainer
-
-    failed = run_script("ddp_blackbox.py", str(tmp_path), "poison", timeout=180, check=False)
-    assert failed.returncode != 0
-    assert failed.stderr.count("BlackBoxAdaptation: non-finite loss on rank(s) [1] at global step 1") >= 2
-    model, dm = build(4, poison_rank=0)
-    with pytest.raises(FloatingPointError, match="non-finite loss at global step 1"):
-        trainer(devices=1, max_steps=3).fit(model, dm)

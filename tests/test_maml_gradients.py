@@ -1,16 +1,21 @@
-import warnings
-
 import pytest
 import torch
-from maml_oracles import finite_difference_gradient, first_order_gradient, second_order_gradient
+from maml_oracles import (
+    cross_entropy,
+    directional_finite_difference,
+    finite_difference_gradient,
+    first_order_gradient,
+    general_gradient,
+    mse,
+    named_conv4_forward,
+    named_mlp_forward,
+    second_order_gradient,
+)
 
 from lightning_meta import MAML, SinusoidTasks, TaskBatch
 from lightning_meta.data.seeding import task_generator
 from lightning_meta.functional import TaskLoss, hvp, scaled_grad
 from lightning_meta.models import MLP, Conv4
-
-warnings.filterwarnings("ignore", message=".*self.trainer.*")
-warnings.filterwarnings("ignore", message=".*self.log.*")
 
 
 def sinusoid_batch(tasks=3, shots=5, dtype=torch.float64):
@@ -26,7 +31,7 @@ def small_mlp(dtype=torch.float64, seed=0):
 
 def meta_grad(model: MAML, batch) -> dict[str, torch.Tensor]:
     model.zero_grad()
-    loss = model.training_step(batch, 0)
+    loss = model.objective(batch).loss  # what training_step returns, without logging
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return grads
@@ -73,8 +78,8 @@ def test_hvp_equals_second_order(steps):
 
 def test_hvp_loss_value_is_the_query_loss():
     batch = sinusoid_batch()
-    a = MAML(small_mlp(), inner_lr=0.05, inner_steps=2).training_step(batch, 0)
-    b = MAML(small_mlp(), inner_lr=0.05, inner_steps=2, meta_gradient="hvp").training_step(batch, 0)
+    a = MAML(small_mlp(), inner_lr=0.05, inner_steps=2).objective(batch).loss
+    b = MAML(small_mlp(), inner_lr=0.05, inner_steps=2, meta_gradient="hvp").objective(batch).loss
     torch.testing.assert_close(a.detach(), b.detach(), atol=1e-10, rtol=1e-10)
 
 
@@ -217,3 +222,124 @@ def test_adapted_params_and_forward_reproduce_predict_step():
         phi = maml.adapted_params(batch.support_x[t], batch.support_y[t])
         assert not torch.allclose(phi["head.weight"], maml.model.head.weight)
         torch.testing.assert_close(maml(batch.query_x[t], params=phi), predicted[t], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The independent oracle beyond "MLP, MSE, everything adapted": learned inner lrs, ANIL and name patterns,
+# cross-entropy, Conv-4 with transductive BatchNorm; each for every meta-gradient mode.
+
+def classification_batch(tasks=3, ways=3, shots=2, queries=2, features=4, image=None, dtype=torch.float64):
+    """Random inputs (features, or ``[1, image, image]`` images), labels ``0..ways-1`` in a per-task order."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (features,) if image is None else (1, image, image)
+    xs = torch.randn(tasks, ways * shots, *shape, generator=gen, dtype=dtype)
+    xq = torch.randn(tasks, ways * queries, *shape, generator=gen, dtype=dtype)
+    ys = torch.stack([torch.randperm(ways, generator=gen).repeat(shots) for _ in range(tasks)])
+    yq = torch.stack([torch.randperm(ways, generator=gen).repeat(queries) for _ in range(tasks)])
+    return TaskBatch(xs, ys, xq, yq)
+
+
+MLP_NAMES = ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "head.weight", "head.bias"]
+
+#: name -> (model factory, batch factory, oracle forward, oracle loss, adapted names in model order, MAML kwargs)
+ORACLE_CASES = {
+    "per_tensor_lr": (small_mlp, sinusoid_batch, named_mlp_forward, mse, MLP_NAMES,
+                      dict(inner_steps=2, learn_inner_lr="per_tensor")),
+    "per_step_lr": (small_mlp, sinusoid_batch, named_mlp_forward, mse, MLP_NAMES,
+                    dict(inner_steps=3, learn_inner_lr="per_step")),
+    "anil_head": (small_mlp, sinusoid_batch, named_mlp_forward, mse, ["head.weight", "head.bias"],
+                  dict(inner_steps=2, adapt="head")),
+    "patterns_per_step_lr": (small_mlp, sinusoid_batch, named_mlp_forward, mse,
+                             ["body.0.bias", "body.2.weight", "body.2.bias", "head.bias"],
+                             dict(inner_steps=2, adapt=["body.2.w*", "*.bias"], learn_inner_lr="per_step")),
+    "cross_entropy": (lambda: MLP(in_features=4, out_features=3, hidden=(6, 6), activation="tanh").double(),
+                      classification_batch, named_mlp_forward, cross_entropy, MLP_NAMES,
+                      dict(inner_steps=2, learn_inner_lr="per_tensor")),
+    "conv4_batch_norm": (lambda: Conv4(out_features=3, hidden=4, image_size=16).double(),
+                         lambda: classification_batch(tasks=2, image=16), named_conv4_forward, cross_entropy, None,
+                         dict(inner_steps=2)),
+}
+MODES = [("second_order", "autograd"), ("first_order", "autograd"), ("hvp", "autograd"), ("hvp", "finite_difference")]
+# finite-difference HVPs are for smooth models: not for Conv-4 (ReLU, max-pool)
+ORACLE_RUNS = [(case, *mode) for case in ORACLE_CASES for mode in MODES
+               if not (case == "conv4_batch_norm" and mode[1] == "finite_difference")]
+
+
+def build_case(case: str, mode: str, hvp_method: str = "autograd"):
+    make_model, make_batch, forward, loss_fn, adapted, kwargs = ORACLE_CASES[case]
+    torch.manual_seed(0)
+    model = make_model()
+    if adapted is None:
+        adapted = [n for n, _ in model.named_parameters()]
+    maml = MAML(model, inner_lr=0.1, meta_gradient=mode, hvp_method=hvp_method, **kwargs).double()
+    learn = kwargs.get("learn_inner_lr", "off") != "off"
+    if learn:  # distinct lrs, so that a lr applied to the wrong tensor or step shows
+        with torch.no_grad():
+            maml.inner_lrs.copy_(0.05 + 0.01 * torch.arange(maml.inner_lrs.numel()).reshape(maml.inner_lrs.shape))
+    return maml, make_batch(), forward, loss_fn, adapted, kwargs["inner_steps"], learn
+
+
+def package_gradient(maml: MAML, batch) -> dict[str, torch.Tensor]:
+    return {n.removeprefix("model."): g for n, g in meta_grad(maml, batch).items()}
+
+
+def oracle_for(maml, batch, forward, loss_fn, adapted, steps, learn, first_order):
+    theta = {n: p.detach() for n, p in maml.model.named_parameters()}
+    return general_gradient(forward, loss_fn, theta, maml.inner_lrs.detach(), adapted, batch, steps,
+                            first_order=first_order, learn_lrs=learn)
+
+
+@pytest.mark.parametrize("case, mode, hvp_method", ORACLE_RUNS, ids=["-".join(r) for r in ORACLE_RUNS])
+def test_meta_gradient_equals_independent_oracle(case, mode, hvp_method):
+    """second_order and hvp: autograd through the oracle's unrolled loop; first_order: the same, inner grads
+    detached. Covers the inner-lr gradient (learned lrs), partial adaptation, cross-entropy and BatchNorm."""
+    maml, batch, forward, loss_fn, adapted, steps, learn = build_case(case, mode, hvp_method)
+    assert maml.adapted == adapted
+    got = package_gradient(maml, batch)
+    oracle = oracle_for(maml, batch, forward, loss_fn, adapted, steps, learn, first_order=mode == "first_order")
+    assert set(got) == set(oracle)
+    tol = 1e-7 if hvp_method == "finite_difference" else 1e-9
+    for name in oracle:
+        torch.testing.assert_close(got[name], oracle[name], atol=tol, rtol=1e-6, msg=f"{case} {mode} {name}")
+    if learn:
+        assert oracle["inner_lrs"].abs().min() > 1e-6  # every learned lr gets a gradient
+    if mode == "first_order":  # the first- and second-order oracles differ here, so the match means something
+        exact = oracle_for(maml, batch, forward, loss_fn, adapted, steps, learn, first_order=False)
+        assert max((exact[n] - oracle[n]).abs().max().item() for n in oracle) > 1e-4
+
+
+@pytest.mark.parametrize("case", list(ORACLE_CASES))
+def test_oracle_agrees_with_finite_differences(case):
+    """The oracle itself, checked along a random direction of (theta, inner_lrs) by central differences."""
+    maml, batch, forward, loss_fn, adapted, steps, learn = build_case(case, "second_order")
+    oracle = oracle_for(maml, batch, forward, loss_fn, adapted, steps, learn, first_order=False)
+    gen = torch.Generator().manual_seed(1)
+    direction = {n: torch.randn(g.shape, generator=gen, dtype=g.dtype) for n, g in oracle.items()}
+    norm = sum((d ** 2).sum() for d in direction.values()) ** 0.5
+    direction = {n: d / norm for n, d in direction.items()}
+    theta = {n: p.detach() for n, p in maml.model.named_parameters()}
+    fd = directional_finite_difference(forward, loss_fn, theta, maml.inner_lrs.detach(), adapted, batch, steps,
+                                       direction)
+    analytic = sum((oracle[n] * direction[n]).sum() for n in oracle).item()
+    assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(analytic)), (fd, analytic)
+
+
+@pytest.mark.parametrize("mode", ["second_order", "first_order", "hvp"])
+def test_anil_inner_loop_leaves_the_body_unadapted(mode):
+    """With adapt="head", every forward of the inner loop and of the query uses theta's body; the head moves."""
+    maml, batch, *_ = build_case("anil_head", mode)
+    body, head = maml.model.body[0], maml.model.head
+    theta_body, theta_head = body.weight.detach().clone(), head.weight.detach().clone()
+    seen = {"body": [], "head": []}
+    hooks = [body.register_forward_pre_hook(lambda m, i: seen["body"].append(m.weight.detach().clone())),
+             head.register_forward_pre_hook(lambda m, i: seen["head"].append(m.weight.detach().clone()))]
+    grads = package_gradient(maml, batch)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen["body"]) >= batch.num_tasks * 3  # 2 support forwards and a query forward per task
+    assert all(torch.equal(w, theta_body) for w in seen["body"])
+    assert sum(not torch.equal(w, theta_head) for w in seen["head"]) >= batch.num_tasks * 2
+    assert grads["body.0.weight"].abs().sum() > 0  # the body still learns, in the outer loop
+    phi = maml.adapted_params(batch.support_x[0], batch.support_y[0])
+    for name, p in maml.model.named_parameters():
+        assert torch.equal(phi[name], p.detach()) == name.startswith("body."), name

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import run_script
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
@@ -30,20 +29,6 @@ def read_csv(path):
 def assert_same_weights(a, b, tol=1e-6):
     for name, value in a.items():
         torch.testing.assert_close(b[name], value, atol=tol, rtol=tol)
-
-
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
-def test_two_rank_ddp_update_equals_one_device(tmp_path, strategy):
-    run_script("ddp_maml.py", str(tmp_path), strategy, "4", "3", "second_order")
-    saved = torch.load(tmp_path / f"{strategy}.pt", weights_only=False)
-    single = fit(8, 3)
-    assert_same_weights(single.state_dict(), saved["state"])
-    if strategy == "ddp":  # test metrics synced over ranks = one rank over the same 600 episodes
-        model, dm = build(8)
-        model.load_state_dict(saved["state"])
-        one = trainer(devices=1).test(model, dm, verbose=False)[0]
-        for key in ("test/mse", "test/mse_ci95", "test/pre_mse"):
-            assert saved["test"][key] == pytest.approx(one[key], rel=1e-5)
 
 
 def test_accumulate_grad_batches_equals_larger_meta_batch():
@@ -122,7 +107,7 @@ def test_model_checkpoint_monitors_val_acc_on_classification(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(inner_lr=-0.1), "inner_lr must be a number > 0, got -0.1"),
+    (dict(inner_lr=-0.1), "inner_lr must be a finite number > 0, got -0.1"),
     (dict(meta_gradient="third_order"), "meta_gradient must be one of ['second_order', 'first_order', 'hvp']"),
     (dict(inner_steps=0), "inner_steps must be an integer >= 1, got 0"),
     (dict(adapt=["nothing.*"]), "adapt=['nothing.*'] matches no parameter"),
@@ -168,21 +153,6 @@ def test_adaptation_curve_matches_separate_evaluations():
         model.eval_inner_steps = k
         post = trainer(devices=1).test(model, dm, verbose=False)[0]["test/loss"]
         assert curve["loss"][k] == pytest.approx(post, rel=1e-5)
-
-
-def test_ddp_ranks_agree_on_a_non_finite_loss_seen_by_one_rank(tmp_path):
-    """Rank 1 alone sees NaN at step 1: with "skip" both ranks skip it (as one device skips the whole
-    meta-batch) and training goes on; with "raise" both ranks raise, rank 0 naming rank 1, and nobody hangs."""
-    run_script("ddp_nonfinite.py", str(tmp_path), "skip", timeout=180)
-    saved = torch.load(tmp_path / "nonfinite.pt", weights_only=False)
-    model, dm = build(8, model_cls=PoisonedMAML, nonfinite="skip")
-    trainer(devices=1, max_steps=3).fit(model, dm)
-    assert_same_weights(model.state_dict(), saved["state"])
-    assert not torch.allclose(model.model.head.weight, build(8)[0].model.head.weight)  # the other steps moved it
-    failed = run_script("ddp_nonfinite.py", str(tmp_path), "raise", timeout=180, check=False)
-    assert failed.returncode != 0
-    assert "FloatingPointError: MAML: non-finite loss at inner step 0 of task 0 on rank 1" in failed.stderr
-    assert "FloatingPointError: MAML: non-finite loss at rank(s) [1] (this rank, 0, was finite)" in failed.stderr
 
 
 class AdamPoisonedMAML(PoisonedMAML):

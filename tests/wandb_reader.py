@@ -21,6 +21,8 @@ def _payloads(data: bytes) -> list[bytes]:
             pos += left
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # the service is still appending this record: a torn read, not corruption
+            break
         payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 1:
             out.append(payload)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta._lightning import pl
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.metrics import EpisodeMeanCI, episode_accuracy, episode_mse
 
@@ -24,15 +25,16 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def check_number(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
-    """Raise a ``ValueError`` unless ``value`` is a number above ``minimum`` (or equal, with ``strict=False``)."""
-    bad = not isinstance(value, int | float) or isinstance(value, bool)
+    """Raise a ``ValueError`` unless ``value`` is a finite number above ``minimum`` (or equal, ``strict=False``)."""
+    bad = not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
     if bad or value < minimum or (strict and value == minimum):
         sign = ">" if strict else ">="
-        raise ValueError(f"{name} must be a number {sign} {minimum:g}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {sign} {minimum:g}, got {value!r}")
 
 
 class MetaLearner(pl.LightningModule):
-    """Base of :class:`MAML` and :class:`BlackBoxAdaptation`: metrics, logging and the optimizer.
+    """Base of [MAML][lightning_meta.MAML] and [BlackBoxAdaptation][lightning_meta.BlackBoxAdaptation]: metrics,
+    logging and the optimizer.
 
     Logged keys: ``train/loss`` and ``train/acc`` (classification) or ``train/mse`` (regression);
     ``val/...`` and ``test/...`` with ``loss``, ``acc``/``mse`` and their ``_ci95`` half-widths, aggregated
@@ -40,7 +42,7 @@ class MetaLearner(pl.LightningModule):
     pre-adaptation prediction. The default optimizer is Adam with ``lr``; under LightningCLI the
     ``--optimizer`` / ``--lr_scheduler`` options replace it the usual way.
 
-    Example:
+    Examples:
         >>> class Zero(MetaLearner):  # predicts 0 for every query; logs test/mse like any learner
         ...     def test_step(self, batch, batch_idx):
         ...         self.update_eval("test", "loss", batch.query_y.pow(2).flatten(1).mean(1))
@@ -56,13 +58,32 @@ class MetaLearner(pl.LightningModule):
         #: the last validation / test adaptation curve: ``{"val": {"step", "loss", "score", "score_name"}}``
         self.adaptation_curves: dict[str, dict] = {}
         self._last_task_type = "classification"  # of the last batch seen; names the score metric
+        self._checked_shapes: tuple = ()  # batch shapes the output width was last checked against
         self.episode_metrics = nn.ModuleDict(
             {f"{stage}_{name}": EpisodeMeanCI() for stage in EVAL_STAGES for name in EVAL_METRICS}
         )
 
     # --------------------------------------------------------------- task type
-    def resolve_task_type(self, batch: TaskBatch) -> str:
-        return self.task_type_of(batch.support_y)
+    def prepare_batch(self, batch: TaskBatch) -> tuple[TaskBatch, str]:
+        """Every step's first call: ``(batch in the learner's memory layout, its task type)``.
+
+        Checks the batch (every step) and the model's output width against it (on the first batch of each new
+        shape), so bad input fails here, naming the shapes, not deep in torch; then applies ``layout``.
+        """
+        batch.check()
+        task_type = self._last_task_type = self.task_type_of(batch.support_y)
+        shapes = (task_type, *(tuple(t.shape) for t in batch))
+        if shapes != self._checked_shapes:
+            self.check_output_width(batch, task_type)
+            self._checked_shapes = shapes
+        return self.layout(batch), task_type
+
+    def layout(self, batch: TaskBatch) -> TaskBatch:
+        """The memory layout the learner computes in (subclasses; e.g. channels-last images)."""
+        return batch
+
+    def check_output_width(self, batch: TaskBatch, task_type: str) -> None:  # noqa: B027 - optional hook
+        """Raise a ``ValueError`` if the learner's output cannot fit ``batch``'s targets (subclasses)."""
 
     def task_type_of(self, support_y: Tensor) -> str:
         """The configured ``task_type``, or under ``"auto"``: float targets regress, integer labels classify."""

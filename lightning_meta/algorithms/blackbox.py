@@ -46,7 +46,7 @@ class BlackBoxAdaptation(MetaLearner):
     The encoder's output size is ``feature_dim`` or, when omitted, the encoder's ``feature_dim`` attribute
     (``Conv4(embed_only=True)`` has one).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_meta.models import MLP
         >>> model = BlackBoxAdaptation(MLP(out_features=32, hidden=(32,)), feature_dim=32, task_dim=16)
@@ -134,7 +134,7 @@ class BlackBoxAdaptation(MetaLearner):
 
     def forward(self, batch: TaskBatch) -> Tensor:
         """Raw predictor outputs for the queries, ``[T, Q, out]`` (logits, or mean and variance parameters)."""
-        task_type = self.resolve_task_type(batch)
+        task_type = self.task_type_of(batch.support_y)
         ways = self._check(batch, task_type)
         fs, fq = self._features(batch.support_x), self._features(batch.query_x)
         labels = self._labels(batch.support_y, task_type)
@@ -191,8 +191,13 @@ class BlackBoxAdaptation(MetaLearner):
         score = self.episode_score(task_type, mean.detach(), batch.query_y)
         return loss.flatten(1).mean(1), score, mean
 
+    def objective(self, batch: TaskBatch) -> Tensor:
+        """The mean query loss of ``batch`` (what ``training_step`` returns), without logging or checks."""
+        batch, task_type = self.prepare_batch(batch)
+        return self._predict(batch, task_type)[0].mean()
+
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        task_type = self._last_task_type = self.resolve_task_type(batch)
+        batch, task_type = self.prepare_batch(batch)
         losses, score, _ = self._predict(batch, task_type)
         loss = losses.mean()
         bad_ranks = self._ranks_where(not bool(torch.isfinite(loss)))  # under DDP every rank raises together
@@ -203,7 +208,7 @@ class BlackBoxAdaptation(MetaLearner):
         return loss
 
     def _eval_step(self, batch: TaskBatch, stage: str) -> None:
-        task_type = self._last_task_type = self.resolve_task_type(batch)
+        batch, task_type = self.prepare_batch(batch)
         losses, score, _ = self._predict(batch, task_type)
         self.update_eval(stage, "loss", losses.detach())
         self.update_eval(stage, "score", score)
@@ -216,4 +221,5 @@ class BlackBoxAdaptation(MetaLearner):
 
     def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         """Query predictions: logits ``[T, Q, ways]`` or means ``[T, Q, y_dim]``."""
-        return self._predict(batch, self.resolve_task_type(batch))[2]
+        batch, task_type = self.prepare_batch(batch)
+        return self._predict(batch, task_type)[2]

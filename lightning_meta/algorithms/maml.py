@@ -1,126 +1,72 @@
-"""MAML (Finn et al., 2017) as a LightningModule: second-order, first-order and HVP meta-gradients."""
+"""MAML (Finn et al., 2017) as a LightningModule: configuration and Lightning hooks over the functional core."""
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call
 
 from lightning_meta.algorithms.base import MetaLearner, TaskType, check_choice, check_number
+from lightning_meta.algorithms.grad_mode import grad_enabled, usable
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.functional import Params, TaskLoss, adapt, meta_gradient_hvp
-from lightning_meta.models.norm import BatchStatNorm
+from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
+from lightning_meta.functional import (
+    META_GRADIENTS,
+    MetaGradient,
+    MetaObjective,
+    Params,
+    TaskLoss,
+    adaptation_trajectory,
+    meta_objective,
+    query_trajectory,
+    select_adapted,
+)
+from lightning_meta.models.norm import transductive_batch_norm
 
-MetaGradient = Literal["second_order", "first_order", "hvp"]
 FP16_INNER_LOSS_SCALE = 2.0**10
-
-
-def transductive_batch_norm(model: nn.Module, elementary: bool = False) -> list[str]:
-    """Make every BatchNorm use batch statistics in every forward and keep no running statistics.
-
-    With ``elementary=True`` each one is replaced by :class:`~lightning_meta.models.BatchStatNorm` (same
-    numbers, built from plain ops so that second-order gradients are right under ``vmap``).
-    """
-    names = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.track_running_stats = False
-            module.running_mean = module.running_var = module.num_batches_tracked = None
-            if elementary:
-                parent_name, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent_name), child, BatchStatNorm.from_batch_norm(module))
-            names.append(name)
-    return names
-
-
-def channels_last_tasks(x: Tensor) -> Tensor:
-    """A copy of images ``[T, M, C, H, W]`` whose every task slice ``[M, C, H, W]`` has NHWC strides.
-
-    A fresh copy, not ``.contiguous()``: with one channel (Omniglot) a contiguous NCHW tensor already counts
-    as channels-last and keeps ``stride(C) = H * W``; convolutions with adapted weights (NCHW strides) then
-    produce NCHW outputs, on which BatchNorm and max-pool run several times slower on CPU.
-
-    Example:
-        >>> channels_last_tasks(torch.zeros(2, 3, 1, 4, 4))[0].stride()
-        (16, 1, 4, 1)
-    """
-    t, m, c, h, w = x.shape
-    return x.new_empty((t, m, h, w, c)).copy_(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
-
-
-def channels_last_batch(batch: TaskBatch) -> TaskBatch:
-    """``batch`` with its image inputs ``[T, M, C, H, W]`` copied by :func:`channels_last_tasks`."""
-    return batch._replace(support_x=channels_last_tasks(batch.support_x), query_x=channels_last_tasks(batch.query_x))
-
-
-def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
-    """Names of the parameters the inner loop adapts: ``"all"``, ``"head"`` or ``fnmatch`` patterns."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    if adapt == "all":
-        return names
-    if adapt == "head":
-        children = [c for c, m in model.named_children() if any(True for _ in m.parameters())]
-        if not children:
-            raise ValueError("adapt='head' needs a model with child modules; give name patterns instead")
-        return [n for n in names if n.startswith(children[-1] + ".")]
-    patterns = [adapt] if isinstance(adapt, str) else list(adapt)
-    chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
-    if not chosen:
-        raise ValueError(f"adapt={adapt!r} matches no parameter; use 'all', 'head' or patterns over {names}")
-    return chosen
-
-
-@contextmanager
-def grad_enabled() -> Iterator[None]:
-    """Autograd on inside validation/test/predict, which Lightning runs under ``inference_mode``."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def usable(data):
-    """Tensors created under ``inference_mode`` cloned into normal tensors (autograd may save them)."""
-    if isinstance(data, TaskBatch):
-        return TaskBatch(*(usable(t) for t in data))
-    return data.clone() if data.is_inference() else data
 
 
 class MAML(MetaLearner):
     """Model-Agnostic Meta-Learning on any ``nn.Module``, with the inner loop in ``torch.func``.
 
-    For each task: ``phi = theta - inner_lr * grad L(theta, support)``, ``inner_steps`` times; the loss is
-    the query loss of ``phi`` averaged over the meta-batch, and ``training_step`` returns a loss whose
-    ``.backward()`` yields the meta-gradient, so AMP scaling, accumulation, clipping and DDP apply unchanged.
+    For each task: ``phi = theta - inner_lr * grad L(theta, support)``, ``inner_steps`` times; the loss is the
+    query loss of ``phi`` averaged over the meta-batch, and ``training_step`` returns a loss whose
+    ``.backward()`` is the meta-gradient, so AMP scaling, accumulation, clipping and DDP apply unchanged. The
+    math is [meta_objective][lightning_meta.functional.meta_objective] (training) and
+    [query_trajectory][lightning_meta.functional.query_trajectory] (evaluation); this class configures and logs
+    them.
 
-    ``meta_gradient``:
-      * ``"second_order"``: autograd through the unrolled inner loop (exact).
-      * ``"first_order"``: FOMAML, inner gradients treated as constants.
-      * ``"hvp"``: the exact meta-gradient by the reverse recurrence ``v <- v - a H_k v`` with
-        Hessian-vector products (``hvp_method="autograd"`` or ``"finite_difference"``), holding the graph of
-        one inner step at a time; returns a surrogate whose gradient is the meta-gradient and whose value is
-        the query loss.
+    Args:
+        model: the learner ``f_theta``; its output is the logits (``ways`` wide) or the regression target.
+        inner_lr: the inner-loop learning rate ``alpha`` (the initial value when learned).
+        inner_steps: inner steps per task in training.
+        eval_inner_steps: inner steps in validation, test and predict (default ``inner_steps``).
+        meta_gradient: ``"second_order"`` (autograd through the unrolled inner loop, exact),
+            ``"first_order"`` (FOMAML: inner gradients as constants) or ``"hvp"`` (exact, by the reverse
+            Hessian-vector-product recurrence; memory flat in ``inner_steps``).
+        hvp_method: ``"autograd"`` (double backward) or ``"finite_difference"`` (for layers without one).
+        learn_inner_lr: ``"off"``, ``"per_tensor"`` (Meta-SGD style, one rate per adapted tensor) or
+            ``"per_step"`` (MAML++ LSLR: one per tensor and step).
+        adapt: what the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module) or
+            ``fnmatch`` patterns over parameter names.
+        batch_norm: ``"transductive"`` (batch statistics in every forward, no running statistics: the MAML
+            paper's setting) or ``"none"`` (the model must have no BatchNorm).
+        vectorize: run the tasks of a meta-batch in one ``torch.func.vmap`` call (same numbers; not with
+            ``"hvp"``; measure before choosing: see docs/benchmarks.md).
+        nonfinite: ``"raise"`` stops naming the step and task of a non-finite loss; ``"skip"`` skips the
+            meta-batch (under DDP every rank skips or raises together).
+        inner_loss_scale: multiplies the inner loss before differentiation and divides the gradient back;
+            ``None`` means 1, or ``2**10`` under 16-bit precision, where inner gradients underflow in float16.
+        channels_last: image inputs and conv weights in channels-last memory order.
+        pre_adaptation_metrics: also log the query metrics before adaptation (``val/pre_loss``, ...).
+        adaptation_curve: record the query loss and score after each of ``0..eval_inner_steps`` inner steps
+            (``adaptation_curves``; the W&B callback plots it).
+        task_type: ``"auto"`` (float targets regress, integer labels classify), or either explicitly.
+        lr: the outer (meta) learning rate of the default Adam optimizer.
 
-    Other options: ``eval_inner_steps`` for validation/test (default ``inner_steps``); ``learn_inner_lr``
-    ``"off"``, ``"per_tensor"`` (Meta-SGD style, one lr per adapted tensor) or ``"per_step"`` (MAML++
-    LSLR); ``adapt`` ``"all"``, ``"head"`` (ANIL: the last child module) or name patterns; ``batch_norm``
-    ``"transductive"`` (batch statistics in every forward, no running statistics, the MAML paper's setting)
-    or ``"none"`` (the model must have no BatchNorm); ``vectorize=True`` runs the tasks of a meta-batch in
-    one ``torch.func.vmap`` call (same numbers; on 2 CPU cores the loop was faster, so it is off by
-    default); ``nonfinite="raise"`` stops with the step and task of a non-finite loss, ``"skip"`` skips the
-    meta-batch (under DDP the ranks agree first: all skip or all raise). ``inner_loss_scale`` multiplies the
-    inner loss before differentiation and divides the gradient back; ``None`` means 1, or ``2**10`` under
-    ``16-mixed`` precision, where inner gradients would otherwise underflow in float16. ``channels_last``
-    stores image inputs and conv weights channels-last (faster convolutions and pooling on CPU). In
-    validation/test, ``pre_adaptation_metrics`` adds the query metrics before adaptation (``val/pre_loss``,
-    ``val/pre_acc``: one more query forward per task), and ``adaptation_curve=True`` records the query loss
-    and score after each of the ``0..eval_inner_steps`` inner steps (see :attr:`adaptation_curves`; the W&B
-    callback plots it).
-
-    Example:
+    Examples:
         >>> import pytorch_lightning as pl
         >>> from lightning_meta import EpisodicDataModule, SinusoidTasks
         >>> from lightning_meta.models import MLP
@@ -157,7 +103,7 @@ class MAML(MetaLearner):
     ) -> None:
         super().__init__(task_type=task_type, lr=lr)
         self._check_args(inner_lr, inner_steps, eval_inner_steps, meta_gradient, hvp_method, learn_inner_lr,
-                         batch_norm, nonfinite, inner_loss_scale)
+                         batch_norm, nonfinite, inner_loss_scale, vectorize)
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.inner_steps = inner_steps
@@ -171,8 +117,7 @@ class MAML(MetaLearner):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.adapted = select_adapted(model, adapt)
-        rows = inner_steps if learn_inner_lr == "per_step" else 1
-        lrs = torch.full((rows, len(self.adapted)), float(inner_lr))
+        lrs = torch.full((inner_steps if learn_inner_lr == "per_step" else 1, len(self.adapted)), float(inner_lr))
         if learn_inner_lr == "off":
             self.register_buffer("inner_lrs", lrs)
         else:
@@ -180,19 +125,23 @@ class MAML(MetaLearner):
 
     @staticmethod
     def _check_args(inner_lr, inner_steps, eval_inner_steps, meta_gradient, hvp_method, learn_inner_lr,
-                    batch_norm, nonfinite, inner_loss_scale) -> None:
+                    batch_norm, nonfinite, inner_loss_scale, vectorize) -> None:
         check_number("inner_lr", inner_lr)
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
             raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
-        if eval_inner_steps is not None and (not isinstance(eval_inner_steps, int) or eval_inner_steps < 0):
+        bad_eval = isinstance(eval_inner_steps, bool) or not isinstance(eval_inner_steps, int) or eval_inner_steps < 0
+        if eval_inner_steps is not None and bad_eval:
             raise ValueError(f"eval_inner_steps must be an integer >= 0, got {eval_inner_steps!r}")
-        check_choice("meta_gradient", meta_gradient, ("second_order", "first_order", "hvp"))
+        check_choice("meta_gradient", meta_gradient, META_GRADIENTS)
         check_choice("hvp_method", hvp_method, ("autograd", "finite_difference"))
         check_choice("learn_inner_lr", learn_inner_lr, ("off", "per_tensor", "per_step"))
         check_choice("batch_norm", batch_norm, ("transductive", "none"))
         check_choice("nonfinite", nonfinite, ("raise", "skip"))
         if inner_loss_scale is not None:
             check_number("inner_loss_scale", inner_loss_scale)
+        if vectorize and meta_gradient == "hvp":
+            raise ValueError("vectorize=True does not apply to meta_gradient='hvp' (its reverse recurrence runs per "
+                             "task); use vectorize=False with 'hvp', or 'second_order'/'first_order' with vmap")
 
     def _apply_batch_norm_policy(self, policy: str) -> list[str]:
         if policy == "transductive":
@@ -209,19 +158,46 @@ class MAML(MetaLearner):
         policy = "transductive batch statistics" if self.batch_norm_layers else "no BatchNorm layers"
         self.print(f"MAML BatchNorm policy: {self.hparams.batch_norm} ({policy}: {self.batch_norm_layers})")
 
+    def layout(self, batch: TaskBatch) -> TaskBatch:
+        """Image meta-batches in channels-last strides, if enabled (applied by ``prepare_batch``)."""
+        return channels_last_batch(batch) if self.channels_last else batch
+
+    def check_output_width(self, batch: TaskBatch, task_type: str) -> None:
+        """One forward of ``theta`` on the first task's support set (eval mode: no dropout draw, no state change)
+        compared with the targets: ``ways`` logits for classification, the target's shape for regression."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model(self._image_layout(batch.support_x[0]))
+        finally:
+            self.model.train(was_training)
+        if task_type == "classification":
+            ways = int(batch.support_y.max()) + 1
+            if out.dim() != 2 or out.shape[-1] != ways:
+                raise ValueError(
+                    f"MAML: the model outputs {tuple(out.shape[1:])} per example, but the tasks are {ways}-way "
+                    f"(support labels 0..{ways - 1}): give the model out_features={ways} (e.g. "
+                    f"Conv4(out_features={ways})), or sample {out.shape[-1]}-way tasks"
+                )
+        elif out.shape[1:] != batch.support_y.shape[2:]:
+            raise ValueError(
+                f"MAML: the model outputs {tuple(out.shape[1:])} per example, but the regression targets are "
+                f"{tuple(batch.support_y.shape[2:])} (support_y {tuple(batch.support_y.shape)}): give the model "
+                f"out_features={batch.support_y.shape[-1] if batch.support_y.dim() > 2 else 1}"
+            )
+
     # ------------------------------------------------------------- utilities
     def _loss_scale(self) -> float:
         if self.inner_loss_scale is not None:
             return float(self.inner_loss_scale)
-        trainer = self._trainer
-        precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+        precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
         return FP16_INNER_LOSS_SCALE if precision.startswith("16") else 1.0
 
-    def _layout(self, batch: TaskBatch) -> TaskBatch:
-        """Image inputs ``[T, M, C, H, W]`` in channels-last order (faster conv and max-pool on CPU), if enabled."""
-        return channels_last_batch(batch) if self.channels_last and batch.support_x.dim() == 5 else batch
+    def _task_loss(self, task_type: str) -> TaskLoss:
+        return TaskLoss(self.model, self.loss_fn(task_type))
 
-    def _params(self, detach: bool) -> Params:
+    def _theta(self, detach: bool) -> Params:
         params = dict(self.model.named_parameters())
         return {n: p.detach().requires_grad_() for n, p in params.items()} if detach else params
 
@@ -244,92 +220,32 @@ class MAML(MetaLearner):
             where = (f"inner step {int(bad[0, 1])} of task {int(bad[0, 0])}" if len(bad)
                      else f"the query loss of task {int((~torch.isfinite(outer)).nonzero()[0, 0])}")
             where += f" on rank {self.global_rank}" if self._world_size() > 1 else ""
+        scale = self._loss_scale()
+        hint = (f"; under inner_loss_scale {scale:g} a float16 inner gradient above {65504 / scale:g} overflows: "
+                "pass a smaller inner_loss_scale (1.0 turns it off)") if scale != 1.0 else ""
         raise FloatingPointError(
             f"MAML: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
-            f"(now {self.hparams.inner_lr}) or lr, or set nonfinite='skip'"
+            f"(now {self.hparams.inner_lr}) or lr, or set nonfinite='skip'{hint}"
         )
 
-    # --------------------------------------------------------- unrolled path
-    def _run_tasks(self, batch: TaskBatch, steps: int, task_type: str, *, training: bool) -> tuple[Tensor, ...]:
-        """Query losses ``[T]``, query outputs ``[T, M, ...]`` and support losses ``[T, steps]``."""
-        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
-        batch = self._layout(batch)
-        create_graph = training and self.meta_gradient == "second_order"
-        first_order = training and self.meta_gradient == "first_order"
-        params = self._params(detach=not training)
-        lrs = self.inner_lrs if training else self.inner_lrs.detach()
-        if self.vectorize:
-            return self._run_vmap(task_loss, params, lrs, batch, steps, first_order)
-        results, scale = [], self._loss_scale()
-        for t in range(batch.num_tasks):
-            inner: list[Tensor] = []
-            fast = adapt(task_loss, params, self.adapted, batch.support_x[t], batch.support_y[t], lrs, steps,
-                         create_graph=create_graph, first_order=first_order, loss_scale=scale,
-                         on_step=lambda k, phi, loss, inner=inner: inner.append(loss.detach()))
-            q_loss, q_out = task_loss(fast, batch.query_x[t], batch.query_y[t])
-            results.append((q_loss, q_out, torch.stack(inner) if inner else q_loss.detach().new_zeros(0)))
-        q_losses, q_outs, inner_losses = zip(*results)
-        return torch.stack(q_losses), torch.stack(q_outs), torch.stack(inner_losses)
-
-    def _run_vmap(self, task_loss, params, lrs, batch, steps, first_order) -> tuple[Tensor, ...]:
-        names, scale = self.adapted, self._loss_scale()
-
-        def support_loss(adapted, fast, x, y):
-            return task_loss({**fast, **adapted}, x, y)[0] * scale
-
-        def one_task(params, xs, ys, xq, yq):
-            fast, inner = dict(params), []
-            for k in range(steps):
-                g, scaled_loss = grad_and_value(support_loss)({n: fast[n] for n in names}, fast, xs, ys)
-                inner.append(scaled_loss / scale)
-                row = lrs[min(k, lrs.shape[0] - 1)]
-                for i, n in enumerate(names):
-                    step = g[n].detach() if first_order else g[n]
-                    fast[n] = fast[n] - row[i] * step / scale
-            q_loss, q_out = task_loss(fast, xq, yq)
-            return q_loss, q_out, torch.stack(inner) if inner else q_loss.new_zeros(0)
-
-        return vmap(one_task, in_dims=(None, 0, 0, 0, 0), randomness="same")(params, *batch)
-
-    # -------------------------------------------------------------- hvp path
-    def _run_hvp(self, batch: TaskBatch, task_type: str) -> tuple[Tensor, ...]:
-        """Surrogate loss (value: mean query loss; gradient: exact meta-gradient) and metrics inputs."""
-        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
-        batch = self._layout(batch)
-        params = dict(self.model.named_parameters())
-        total = {n: torch.zeros_like(p) for n, p in params.items()}
-        lr_total = torch.zeros_like(self.inner_lrs)
-        q_losses, q_outs, inner, scale = [], [], [], self._loss_scale()
-        for t in range(batch.num_tasks):
-            g, lr_g, q_loss, q_out, inner_t = meta_gradient_hvp(
-                task_loss, params, self.adapted, self.inner_lrs, (batch.support_x[t], batch.support_y[t]),
-                (batch.query_x[t], batch.query_y[t]), self.inner_steps, self.hvp_method, scale)
-            for n in total:
-                total[n] += g[n]
-            lr_total += lr_g
-            q_losses.append(q_loss), q_outs.append(q_out), inner.append(torch.stack(inner_t))
-        t_count = batch.num_tasks
-        surrogate = sum((p * (total[n] / t_count)).sum() for n, p in params.items())
-        if isinstance(self.inner_lrs, nn.Parameter):
-            surrogate = surrogate + (self.inner_lrs * (lr_total / t_count)).sum()
-        q_losses_t = torch.stack(q_losses)
-        loss = surrogate - surrogate.detach() + q_losses_t.mean()
-        return loss, q_losses_t, torch.stack(q_outs), torch.stack(inner)
-
     # ------------------------------------------------------------ Lightning
+    def objective(self, batch: TaskBatch) -> MetaObjective:
+        """The meta-objective of ``batch`` under this configuration, without logging or non-finite checks:
+        ``objective(batch).loss.backward()`` is one meta-gradient (what ``training_step`` returns)."""
+        batch, task_type = self.prepare_batch(batch)
+        return meta_objective(
+            self._task_loss(task_type), self._theta(detach=False), batch, self.inner_lrs, self.inner_steps,
+            self.meta_gradient, adapted=self.adapted, vectorize=self.vectorize, hvp_method=self.hvp_method,
+            loss_scale=self._loss_scale())
+
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        task_type = self._last_task_type = self.resolve_task_type(batch)
-        if self.meta_gradient == "hvp":
-            loss, q_losses, q_outs, inner = self._run_hvp(batch, task_type)
-        else:
-            q_losses, q_outs, inner = self._run_tasks(batch, self.inner_steps, task_type, training=True)
-            loss = q_losses.mean()
-        if not self._check_finite(inner, q_losses):
+        objective, task_type = self.objective(batch), self._last_task_type
+        if not self._check_finite(objective.inner_losses, objective.query_losses):
             return self._zero_loss()
         self._window_contributed = True
-        score = self.episode_score(task_type, q_outs.detach(), batch.query_y)
-        self.log_train(task_type, q_losses.detach().mean(), score, batch.num_tasks)
-        return loss
+        score = self.episode_score(task_type, objective.query_outputs, batch.query_y)
+        self.log_train(task_type, objective.query_losses.mean(), score, batch.num_tasks)
+        return objective.loss
 
     def _zero_loss(self) -> Tensor:
         """A skipped meta-batch's loss: zero gradient on every parameter, so DDP's all-reduce still runs."""
@@ -344,29 +260,25 @@ class MAML(MetaLearner):
         if contributed:
             super().optimizer_step(epoch, batch_idx, optimizer, lambda: result)
 
-    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
-        """Adapt without an outer graph; query metrics after 0 (pre) and K (post) steps, or every step."""
-        task_type = self._last_task_type = self.resolve_task_type(batch)
-        task_loss = TaskLoss(self.model, self.loss_fn(task_type))
-        steps = self.eval_inner_steps
-        wanted = set(range(steps)) if self.adaptation_curve else ({0} if self.pre_adaptation_metrics else set())
-        points: list[dict[int, tuple[Tensor, Tensor]]] = []
-        scale, lrs = self._loss_scale(), self.inner_lrs.detach()
+    def query_trajectory(self, batch: TaskBatch, at: set[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+        """``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in ``at``
+        (default ``0..eval_inner_steps``), without an outer graph: evaluation without logging."""
+        batch, task_type = self.prepare_batch(batch)
+        return self._trajectory(batch, task_type, set(range(self.eval_inner_steps + 1)) if at is None else at)
+
+    def _trajectory(self, batch: TaskBatch, task_type: str, at: set[int]) -> dict[int, tuple[Tensor, Tensor]]:
         with grad_enabled():
-            batch, params = self._layout(usable(batch)), self._params(detach=True)
-            for t in range(batch.num_tasks):
-                xq, yq = batch.query_x[t], batch.query_y[t]
-                seen: dict[int, tuple[Tensor, Tensor]] = {}
+            return query_trajectory(self._task_loss(task_type), self._theta(detach=True), usable(batch),
+                                    self.inner_lrs.detach(), self.eval_inner_steps, adapted=self.adapted, at=at,
+                                    loss_scale=self._loss_scale())
 
-                def on_step(k: int, phi: Params, _loss: Tensor, seen=seen, xq=xq, yq=yq) -> None:
-                    if k in wanted:
-                        seen[k] = self._query(task_loss, phi, xq, yq)
-
-                fast = adapt(task_loss, params, self.adapted, batch.support_x[t], batch.support_y[t],
-                             lrs, steps, create_graph=False, loss_scale=scale, on_step=on_step)
-                seen[steps] = self._query(task_loss, fast, xq, yq)
-                points.append(seen)
-        curve = {k: self._stack_point(points, k, task_type, batch) for k in sorted(points[0])}
+    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        """Query metrics after ``eval_inner_steps`` (and 0: pre-adaptation), or after every step for the curve."""
+        batch, task_type = self.prepare_batch(batch)
+        steps = self.eval_inner_steps
+        at = set(range(steps + 1)) if self.adaptation_curve else {0, steps} if self.pre_adaptation_metrics else {steps}
+        curve = {k: (loss, self.episode_score(task_type, out, batch.query_y))
+                 for k, (loss, out) in self._trajectory(batch, task_type, at).items()}
         self.update_eval(stage, "loss", curve[steps][0])
         self.update_eval(stage, "score", curve[steps][1])
         if 0 in curve:
@@ -374,18 +286,6 @@ class MAML(MetaLearner):
             self.update_eval(stage, "pre_score", curve[0][1])
         if self.adaptation_curve:
             self.update_curve(stage, [curve[k][0] for k in range(steps + 1)], [curve[k][1] for k in range(steps + 1)])
-
-    def _stack_point(self, points, k: int, task_type: str, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        losses = torch.stack([p[k][0] for p in points])
-        outputs = torch.stack([p[k][1] for p in points])
-        return losses, self.episode_score(task_type, outputs, batch.query_y)
-
-    @staticmethod
-    def _query(task_loss: TaskLoss, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Query loss and output of one task with ``params``, without a graph."""
-        with torch.no_grad():
-            loss, out = task_loss(params, x, y)
-        return loss.detach(), out.detach()
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -395,29 +295,25 @@ class MAML(MetaLearner):
 
     def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         """Query predictions ``[T, M, ...]`` after ``eval_inner_steps`` of adaptation."""
-        task_type = self.resolve_task_type(batch)
-        with grad_enabled():
-            _, q_outs, _ = self._run_tasks(usable(batch), self.eval_inner_steps, task_type, training=False)
-        return q_outs.detach()
+        batch, task_type = self.prepare_batch(batch)
+        return self._trajectory(batch, task_type, {self.eval_inner_steps})[self.eval_inner_steps][1]
 
     def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
         """The adapted parameters ``phi`` for one task's support set (no outer graph)."""
-        task_loss = TaskLoss(self.model, self.loss_fn(self.task_type_of(support_y)))
+        steps = self.eval_inner_steps if steps is None else steps
+        task_loss = self._task_loss(self.task_type_of(support_y))
         with grad_enabled():
-            support_x, support_y = self._image_layout(usable(support_x)), usable(support_y)
-            fast = adapt(task_loss, self._params(detach=True), self.adapted, support_x, support_y,
-                         self.inner_lrs.detach(), self.eval_inner_steps if steps is None else steps,
-                         create_graph=False, loss_scale=self._loss_scale())
-        return {n: p.detach() for n, p in fast.items()}
+            x, y = self._image_layout(usable(support_x)), usable(support_y)
+            *_, (_, phi) = adaptation_trajectory(task_loss, self._theta(detach=True), self.adapted, x, y,
+                                                 self.inner_lrs.detach(), steps, loss_scale=self._loss_scale())
+        return {n: p.detach() for n, p in phi.items()}
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
-        """The backbone's output with ``params`` (e.g. from :meth:`adapted_params`), or with ``theta``."""
+        """The backbone's output with ``params`` (e.g. from
+        [adapted_params][lightning_meta.MAML.adapted_params]), or with ``theta``."""
         x = self._image_layout(x)
         return self.model(x) if params is None else functional_call(self.model, params, (x,))
 
     def _image_layout(self, x: Tensor) -> Tensor:
         """One task's images ``[M, C, H, W]`` in channels-last strides, if enabled."""
         return channels_last_tasks(x[None])[0] if self.channels_last and x.dim() == 4 else x
-
-
-

@@ -66,7 +66,7 @@ class ClassificationTasks(TaskSource):
     With ``in_memory=True`` (default) the inputs are stacked into one tensor at ``setup`` and a batch is a
     single gather (no per-example Python loop); ``uint8`` inputs are scaled to ``[0, 1]`` float32.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> data = TensorDataset(torch.randn(200, 3), torch.arange(200) % 20)
@@ -177,7 +177,7 @@ class ClassificationTasks(TaskSource):
         return str(label)
 
     def num_classes(self, split: str) -> int:
-        """Number of classes in ``split`` (after :meth:`setup`)."""
+        """Number of classes in ``split`` (after ``setup()``)."""
         return len(self._split_classes[split])
 
     def split_labels(self, split: str) -> list[int]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
+from lightning_meta._lightning import pl
 from lightning_meta.data.samplers import EpisodeDataset, EvalEpisodeSampler, TrainEpisodeSampler, _RankSampler
 from lightning_meta.data.sources import TaskSource, check_positive
 
 
 class EpisodicDataModule(pl.LightningDataModule):
-    """Yields :class:`~lightning_meta.TaskBatch` meta-batches from any :class:`TaskSource`.
+    """Yields [TaskBatch][lightning_meta.TaskBatch] meta-batches from any [TaskSource][lightning_meta.TaskSource].
 
     * Training: ``ceil(train_episodes_per_epoch / (meta_batch_size * world_size))`` steps per epoch, each a
       meta-batch of ``meta_batch_size`` tasks. The stream is a function of ``(seed, epoch, task index)``;
@@ -22,7 +23,7 @@ class EpisodicDataModule(pl.LightningDataModule):
       whose union is the set), in meta-batches of ``eval_meta_batch_size`` (default ``meta_batch_size``).
     * ``state_dict`` records the epoch and the batches done in it, so a resumed run continues the stream.
 
-    Example:
+    Examples:
         >>> from lightning_meta.data import SinusoidTasks
         >>> dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=4,
         ...                         train_episodes_per_epoch=8)
@@ -78,8 +79,13 @@ class EpisodicDataModule(pl.LightningDataModule):
                 self.tasks.validate_split(split)
 
     def _world(self) -> tuple[int, int]:
+        """``(world size, rank)``: the Trainer's, else an initialized process group's (Fabric, torchrun), else one."""
         trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
 
     def _loader(self, sampler: _RankSampler) -> DataLoader:
         return DataLoader(
@@ -94,6 +100,8 @@ class EpisodicDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
         sampler = TrainEpisodeSampler(self.train_episodes_per_epoch, self.meta_batch_size, world, rank)
+        # the epoch must be right before Lightning's first iter() (workers draw indices there; set_epoch is later)
+        sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         if self._resume is not None:
             sampler.resume_at(*self._resume)
             self._resume = None

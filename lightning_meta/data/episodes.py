@@ -10,16 +10,17 @@ import torch
 class TaskBatch(NamedTuple):
     """A meta-batch of ``T`` tasks; the first dimension of every tensor indexes the task.
 
-    Classification (``N`` ways, ``K`` shots, ``Q`` queries per class)::
+    Classification (``N`` ways, ``K`` shots, ``Q`` queries per class; int64 labels in ``0..N-1``, remapped per
+    task):
 
-        support_x [T, N*K, *x_shape]   support_y [T, N*K]  (int64 labels in 0..N-1, remapped per task)
+        support_x [T, N*K, *x_shape]   support_y [T, N*K]
         query_x   [T, N*Q, *x_shape]   query_y   [T, N*Q]
 
     Regression keeps the target's shape: ``support_y [T, K, d_y]``, ``query_y [T, Q, d_y]``.
 
     Being a ``NamedTuple`` of tensors, Lightning moves it to the device unchanged.
 
-    Example:
+    Examples:
         >>> import torch
         >>> batch = TaskBatch(torch.zeros(2, 5, 1, 28, 28), torch.zeros(2, 5, dtype=torch.long),
         ...                   torch.zeros(2, 75, 1, 28, 28), torch.zeros(2, 75, dtype=torch.long))
@@ -31,6 +32,34 @@ class TaskBatch(NamedTuple):
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming the shapes unless the four tensors describe the same tasks.
+
+        Every tensor is ``[T, M, ...]`` with the same ``T``; inputs and targets agree on ``M`` within the
+        support set and within the query set; support and query share the input shape and the target shape.
+
+        Examples:
+            >>> x, y = torch.zeros(2, 5, 3), torch.zeros(2, 5)
+            >>> TaskBatch(x, y, x[:1], y[:1]).check()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: TaskBatch tensors disagree on the number of tasks T ...: ..., query_x (1, 5, 3), ...
+        """
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(self._fields, self))
+        if any(t.dim() < 2 for t in self):
+            raise ValueError(f"TaskBatch tensors must be [T, M, ...] (tasks, examples per task, ...); got {shapes}")
+        problem = None
+        if len({t.shape[0] for t in self}) > 1:
+            problem = "disagree on the number of tasks T (first dimension)"
+        elif self.support_x.shape[1] != self.support_y.shape[1] or self.query_x.shape[1] != self.query_y.shape[1]:
+            problem = "disagree on the number of examples per task (second dimension: inputs vs targets)"
+        elif self.support_x.shape[2:] != self.query_x.shape[2:]:
+            problem = "disagree on the input shape (support_x vs query_x after [T, M])"
+        elif self.support_y.shape[2:] != self.query_y.shape[2:]:
+            problem = "disagree on the target shape (support_y vs query_y after [T, M])"
+        if problem:
+            raise ValueError(f"TaskBatch tensors {problem}: {shapes}")
 
     @property
     def num_tasks(self) -> int:

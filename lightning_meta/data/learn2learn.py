@@ -16,7 +16,7 @@ from lightning_meta.data.sources import TaskSource, check_positive
 
 
 class Learn2LearnTasks(TaskSource):
-    """Turns learn2learn tasksets into :class:`TaskBatch` meta-batches.
+    """Turns learn2learn tasksets into [TaskBatch][lightning_meta.TaskBatch] meta-batches.
 
     ``train`` / ``val`` / ``test`` are objects with a ``.sample()`` method in learn2learn's convention
     (a ``learn2learn.data.TaskDataset`` built with ``NWays``, ``KShots(shots + queries)``, ``LoadData``,
@@ -25,7 +25,7 @@ class Learn2LearnTasks(TaskSource):
     ``0..ways-1`` in a random order. Python's ``random`` (which learn2learn samples with) is seeded from
     the task's generator and restored afterwards, so tasks are reproducible.
 
-    Example:
+    Examples:
         >>> import learn2learn as l2l  # doctest: +SKIP
         >>> tasksets = l2l.vision.benchmarks.get_tasksets("omniglot", train_ways=5, train_samples=16,
         ...     test_ways=5, test_samples=16, root="data")  # doctest: +SKIP

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 import zipfile
 from collections.abc import Iterator
 from importlib import resources
@@ -42,6 +43,9 @@ def _png_files(source: Path) -> Iterator[tuple[str, Any]]:
         for path in sorted(source.glob("*/*/*.png")):
             yield "/".join(path.parts[-3:]), path.read_bytes
         return
+    if not zipfile.is_zipfile(source):
+        raise ValueError(f"Omniglot: {source} is not a zip archive (truncated download or another format?). "
+                         f"Expected layout: {EXPECTED_LAYOUT}")
     with zipfile.ZipFile(source) as archive:
         names = sorted(n for n in archive.namelist() if n.endswith(".png"))
         for name in names:
@@ -95,15 +99,33 @@ def _cache_file(root: Path, image_size: int, cache_dir: str | None) -> Path:
 
 
 def load_omniglot_cached(root: str | os.PathLike, image_size: int = 28, cache_dir: str | None = None) -> dict:
-    """:func:`load_omniglot` through an atomically written cache file (seconds on the second start)."""
+    """``load_omniglot`` through an atomically written cache file (seconds on the second start)."""
     path = _cache_file(Path(root), image_size, cache_dir)
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        try:
+            return _check_cache(torch.load(path, weights_only=True), image_size)
+        except Exception as error:  # derived data: any unreadable or inconsistent cache is rebuilt
+            warnings.warn(f"Omniglot cache {path} is unreadable ({type(error).__name__}: {error}); rebuilding it "
+                          f"from {root}", stacklevel=2)
     data = load_omniglot(root, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(data, tmp)
     os.replace(tmp, path)
+    return data
+
+
+def _check_cache(data: Any, image_size: int) -> dict:
+    """``data`` if it has the structure ``load_omniglot`` returns, else a ``ValueError`` saying what is off."""
+    if not isinstance(data, dict) or not {"images", "names", "background"} <= data.keys():
+        raise ValueError("not a dict with images, names and background")
+    images = data["images"]
+    n = len(data["names"])
+    if images.dtype != torch.uint8 or tuple(images.shape) != (n, DRAWERS, image_size, image_size):
+        raise ValueError(f"images {tuple(images.shape)} {images.dtype}, expected ({n}, {DRAWERS}, {image_size}, "
+                         f"{image_size}) uint8")
+    if len(data["background"]) != n:
+        raise ValueError(f"{len(data['background'])} background flags for {n} characters")
     return data
 
 
@@ -128,10 +150,11 @@ class OmniglotTasks(ClassificationTasks):
     meta-test; ``rotations`` adds the rotated classes there too. With ``rotations=False`` the Vinyals
     split keeps only its ``rot000`` classes.
 
-    Example:
-        >>> tasks = OmniglotTasks("../shared/data/omniglot", ways=5, shots=1, queries=15)  # doctest: +SKIP
-        >>> tasks.setup(); tasks.num_classes("train")  # doctest: +SKIP
-        4112
+    Examples:
+        >>> tasks = OmniglotTasks(omniglot_root, ways=5, shots=1, queries=15)  # a local copy, never downloaded
+        >>> tasks.setup()
+        >>> tasks.num_classes("train"), tasks.num_classes("val"), tasks.num_classes("test")
+        (4112, 688, 1692)
     """
 
     def __init__(

@@ -15,12 +15,12 @@ EpisodeKey = tuple[str, int, tuple[int, ...]]
 
 
 class EpisodeDataset(Dataset):
-    """Maps an episode key ``(split, epoch, task indices)`` to a :class:`TaskBatch`.
+    """Maps an episode key ``(split, epoch, task indices)`` to a [TaskBatch][lightning_meta.TaskBatch].
 
     Every task is drawn from its own generator seeded by ``(seed, split, epoch, index)``, so a task's
     content never depends on the worker, the rank, or how tasks are grouped into meta-batches.
 
-    Example:
+    Examples:
         >>> from lightning_meta.data import SinusoidTasks
         >>> EpisodeDataset(SinusoidTasks(), seed=0)[("val", 0, (0, 1, 2))].num_tasks
         3
@@ -57,7 +57,7 @@ class TrainEpisodeSampler(_RankSampler):
     exactly the tasks one device with ``W*B`` tasks would, and ``accumulate_grad_batches=2`` with ``B/2``
     sees those of one batch of ``B``. ``skip`` batches of epoch ``skip_epoch`` are skipped once (resume).
 
-    Example:
+    Examples:
         >>> [key[2] for key in TrainEpisodeSampler(episodes=8, meta_batch_size=2, num_replicas=2, rank=1)]
         [(2, 3), (6, 7)]
     """
@@ -72,12 +72,20 @@ class TrainEpisodeSampler(_RankSampler):
         return self.steps
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
-        """Continue epoch ``epoch`` after its first ``batches_done`` batches (once)."""
-        self.skip_epoch, self.skip = epoch, batches_done
+        """Set the epoch to ``epoch`` and start every pass over it after its first ``batches_done`` batches.
+
+        Both are set here, before the loader exists: Lightning calls ``iter()`` on the training loader before
+        it calls ``set_epoch``, and a loader with workers draws its first indices at ``iter()``. The skip is
+        tied to the epoch, not consumed by one pass; a resumed run passes through that epoch once. A
+        checkpoint taken after an epoch's last batch resumes at the start of the next epoch: Lightning then
+        iterates the loader it built at ``setup`` for that next epoch, without a new ``iter()``.
+        """
+        if batches_done >= self.steps:
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self.skip_epoch, self.skip = epoch, epoch, batches_done
 
     def __iter__(self) -> Iterator[EpisodeKey]:
         start = self.skip if self.epoch == self.skip_epoch else 0
-        self.skip_epoch, self.skip = -1, 0
         b = self.meta_batch_size
         for step in range(start, self.steps):
             first = (step * self.num_replicas + self.rank) * b
@@ -89,7 +97,7 @@ class EvalEpisodeSampler(_RankSampler):
 
     The union over ranks is the whole set, whatever the world size; no episode is repeated or padded.
 
-    Example:
+    Examples:
         >>> [key[2] for key in EvalEpisodeSampler("val", episodes=5, meta_batch_size=2, num_replicas=2, rank=0)]
         [(0, 2), (4,)]
     """

@@ -14,5 +14,5 @@ def task_seed(seed: int, split: str, epoch: int, index: int) -> int:
 
 
 def task_generator(seed: int, split: str, epoch: int, index: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded for one task (see :func:`task_seed`)."""
+    """A CPU ``torch.Generator`` seeded for one task (see ``task_seed``)."""
     return torch.Generator().manual_seed(task_seed(seed, split, epoch, index))

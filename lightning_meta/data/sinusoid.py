@@ -18,7 +18,7 @@ class SinusoidTasks(TaskSource):
     Targets keep their shape: ``support_y [T, shots, 1]``. The train, val and test splits draw from the
     same distribution with disjoint seeds.
 
-    Example:
+    Examples:
         >>> import torch
         >>> tasks = SinusoidTasks(shots=10, queries=10)
         >>> batch = tasks.sample("train", [torch.Generator().manual_seed(i) for i in range(25)])

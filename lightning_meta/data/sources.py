@@ -23,10 +23,11 @@ def check_positive(name: str, value: int, minimum: int = 1) -> None:
 class TaskSource(ABC):
     """A family of tasks that can be sampled per split, one seeded generator per task.
 
-    Subclasses set :attr:`task_type` and implement :meth:`sample`; data-dependent checks go in
-    :meth:`setup`, which the :class:`~lightning_meta.EpisodicDataModule` calls from its own ``setup``.
+    Subclasses set ``task_type`` and implement [sample][lightning_meta.TaskSource.sample]; data-dependent checks
+    go in [setup][lightning_meta.TaskSource.setup], which the [EpisodicDataModule][lightning_meta.EpisodicDataModule]
+    calls from its own ``setup``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_meta.data.episodes import TaskBatch
         >>> class Lines(TaskSource):

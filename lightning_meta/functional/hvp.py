@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_meta.functional.inner_loop import Params, TaskLoss, scaled_grad
+from lightning_meta.functional.inner_loop import Params, TaskLoss, inner_step, scaled_grad
 
 HvpMethod = Literal["autograd", "finite_difference"]
 
@@ -50,7 +50,7 @@ def hvp(
 ) -> dict[str, Tensor]:
     """``H w`` for every tensor of ``point``, where ``w`` = ``direction`` on its names and 0 elsewhere.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Linear(3, 1, bias=False)
         >>> f = TaskLoss(model, lambda out, y: (out ** 2).sum() / 2)
@@ -112,15 +112,14 @@ def meta_gradient_hvp(
     for k in range(steps):
         keep = method == "autograd" and k == steps - 1  # reused by the first reverse HVP
         leaves = _leaves(point) if keep else {**point, **{n: point[n].detach().requires_grad_() for n in names}}
-        loss, _ = task_loss(leaves, xs, ys)
-        grads = scaled_grad(loss, [leaves[n] for n in names], loss_scale, create_graph=keep)
+        nxt, loss, grads = inner_step(task_loss, leaves, names, xs, ys, rows[min(k, rows.shape[0] - 1)],
+                                      create_graph=keep, first_order=True, loss_scale=loss_scale)
         if keep:
             last_graph = (leaves, grads)
         iterates.append(point)
         inner_grads.append([g.detach() for g in grads])
         inner_losses.append(loss.detach())
-        row = rows[min(k, rows.shape[0] - 1)]
-        point = {**point, **{n: point[n] - row[i] * g.detach() for i, (n, g) in enumerate(zip(names, grads))}}
+        point = {n: p.detach() for n, p in nxt.items()}
     final = _leaves(point)
     q_loss, q_out = task_loss(final, *query)
     q_grads = scaled_grad(q_loss, list(final.values()), loss_scale)

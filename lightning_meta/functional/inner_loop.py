@@ -1,12 +1,18 @@
-"""The MAML inner loop over a parameter dict, with ``torch.func.functional_call`` (no module cloning)."""
+"""One inner-loop step over a parameter dict, with ``torch.func.functional_call`` (no module cloning).
+
+[inner_step][lightning_meta.functional.inner_step] is the only place that writes ``phi <- phi - lr * grad``: the
+unrolled loop ([adapt][lightning_meta.functional.adapt]), the per-task function that ``vmap`` maps
+(``functional=True``), the HVP recurrence's forward pass and the evaluation trajectory
+([adaptation_trajectory][lightning_meta.functional.adaptation_trajectory]) all call it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad_and_value
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -15,7 +21,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 class TaskLoss:
     """``(params, x, y) -> (loss, output)`` of ``model`` run with ``params`` (missing names: the module's own).
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Linear(2, 1)
         >>> f = TaskLoss(model, torch.nn.functional.mse_loss)
@@ -40,6 +46,58 @@ def scaled_grad(loss: Tensor, inputs: Sequence[Tensor], scale: float = 1.0, crea
     return [g / scale for g in grads]
 
 
+def lr_rows(inner_lrs: Tensor | float, names: Sequence[str], like: Tensor) -> Tensor:
+    """Inner learning rates as ``[rows, len(names)]`` (step ``k`` uses row ``min(k, rows - 1)``)."""
+    if isinstance(inner_lrs, Tensor):
+        return inner_lrs
+    return torch.full((1, len(names)), float(inner_lrs), dtype=like.dtype, device=like.device)
+
+
+def inner_step(
+    task_loss: TaskLoss,
+    params: Params,
+    names: Sequence[str],
+    x: Tensor,
+    y: Tensor,
+    lr_row: Tensor,
+    *,
+    create_graph: bool = False,
+    first_order: bool = False,
+    loss_scale: float = 1.0,
+    functional: bool = False,
+) -> tuple[Params, Tensor, list[Tensor]]:
+    """One SGD step on the support loss: ``(phi', support loss at phi, gradients of the tensors names)``.
+
+    ``phi'[n] = phi[n] - lr_row[i] * grad_n`` for the ``i``-th name; other tensors are passed through.
+    ``create_graph=True`` keeps the graph (second-order), ``first_order=True`` treats the gradient as a
+    constant (FOMAML). ``functional=True`` differentiates with ``torch.func.grad_and_value``, which works
+    under ``vmap`` and keeps the graph to the outer level like ``create_graph=True``. ``loss_scale``
+    multiplies the loss before differentiation and divides the gradient back (float16 underflow guard).
+
+    Examples:
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> f = TaskLoss(model, lambda out, y: ((out - y) ** 2).sum() / 2)
+        >>> theta = {"weight": torch.ones(1, 1, requires_grad=True)}
+        >>> phi, loss, _ = inner_step(f, theta, ["weight"], torch.ones(1, 1), torch.zeros(1, 1), torch.tensor([0.5]))
+        >>> phi["weight"].item(), loss.item()  # grad = w * x^2 = 1
+        (0.5, 0.5)
+    """
+    if functional:
+        def scaled_support_loss(adapted: Params) -> Tensor:
+            return task_loss({**params, **adapted}, x, y)[0] * loss_scale
+
+        grad_dict, scaled = grad_and_value(scaled_support_loss)({n: params[n] for n in names})
+        loss = scaled / loss_scale if loss_scale != 1.0 else scaled
+        grads = [grad_dict[n] / loss_scale if loss_scale != 1.0 else grad_dict[n] for n in names]
+    else:
+        loss, _ = task_loss(params, x, y)
+        grads = scaled_grad(loss, [params[n] for n in names], loss_scale, create_graph)
+    new = dict(params)
+    for i, (name, g) in enumerate(zip(names, grads)):
+        new[name] = params[name] - lr_row[i] * (g.detach() if first_order else g)
+    return new, loss, grads
+
+
 def adapt(
     task_loss: TaskLoss,
     params: Params,
@@ -49,24 +107,51 @@ def adapt(
     lrs: Tensor,
     steps: int,
     *,
-    create_graph: bool,
+    create_graph: bool = False,
     first_order: bool = False,
     loss_scale: float = 1.0,
-    on_step: Callable[[int, Params, Tensor], None] | None = None,
-) -> Params:
-    """``steps`` SGD steps on the support loss: ``phi <- phi - lrs[k, i] * grad_i``, for the tensors ``names``.
+    functional: bool = False,
+) -> tuple[Params, Tensor]:
+    """``steps`` inner steps on one task's support set: ``(phi_K, support losses [steps])``.
 
-    ``lrs`` is ``[>= 1, len(names)]``; step ``k`` uses row ``min(k, rows - 1)``. ``create_graph=True`` keeps
-    the graph for second-order meta-gradients; ``first_order=True`` treats the inner gradients as constants.
-    ``on_step(k, phi_k, support_loss_k)`` is called before each step (for curves and checks).
+    ``lrs`` is ``[rows, len(names)]``; step ``k`` uses row ``min(k, rows - 1)``. The support losses are
+    detached (for metrics and non-finite checks); ``phi_K`` keeps whatever graph the flags ask for.
     """
-    fast = dict(params)
+    fast, losses = dict(params), []
     for k in range(steps):
-        loss, _ = task_loss(fast, x, y)
-        if on_step is not None:
-            on_step(k, fast, loss)
-        grads = scaled_grad(loss, [fast[n] for n in names], loss_scale, create_graph)
-        row = lrs[min(k, lrs.shape[0] - 1)]
-        for i, (name, g) in enumerate(zip(names, grads)):
-            fast[name] = fast[name] - row[i] * (g.detach() if first_order else g)
-    return fast
+        fast, loss, _ = inner_step(task_loss, fast, names, x, y, lrs[min(k, lrs.shape[0] - 1)],
+                                   create_graph=create_graph, first_order=first_order, loss_scale=loss_scale,
+                                   functional=functional)
+        losses.append(loss.detach())
+    return fast, torch.stack(losses) if losses else x.new_zeros(0)
+
+
+def adaptation_trajectory(
+    task_loss: TaskLoss,
+    params: Params,
+    names: Sequence[str],
+    x: Tensor,
+    y: Tensor,
+    lrs: Tensor,
+    steps: int,
+    *,
+    loss_scale: float = 1.0,
+) -> Iterator[tuple[int, Params]]:
+    """``(k, phi_k)`` for ``k = 0..steps`` (``phi_0 = params``), without an outer graph: for evaluation.
+
+    Examples:
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> f = TaskLoss(model, lambda out, y: ((out - y) ** 2).sum() / 2)
+        >>> theta = {"weight": torch.ones(1, 1, requires_grad=True)}
+        >>> [round(float(phi["weight"]), 3) for _, phi in adaptation_trajectory(
+        ...     f, theta, ["weight"], torch.ones(1, 1), torch.zeros(1, 1), torch.tensor([[0.5]]), 2)]
+        [1.0, 0.5, 0.25]
+    """
+    fast = {n: p.detach().requires_grad_(n in names) for n, p in params.items()}
+    for k in range(steps + 1):
+        yield k, fast
+        if k < steps:
+            with torch.enable_grad():
+                fast, _, _ = inner_step(task_loss, fast, names, x, y, lrs[min(k, lrs.shape[0] - 1)],
+                                        loss_scale=loss_scale)
+            fast = {n: p.detach().requires_grad_(n in names) for n, p in fast.items()}

@@ -32,7 +32,7 @@ class Conv4(nn.Module):
     size (28 -> 64 features, 84 -> 1600). With ``embed_only=True`` there is no head and the forward returns
     the features (for black-box encoders); ``out_features`` is then ignored.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Conv4(out_features=5)(torch.zeros(10, 1, 28, 28)).shape
         torch.Size([10, 5])
@@ -68,7 +68,7 @@ class Conv4(nn.Module):
 class MLP(nn.Module):
     """A fully connected network; the default is the MAML sinusoid regressor 1-40-40-1 with ReLU.
 
-    Example:
+    Examples:
         >>> import torch
         >>> MLP()(torch.zeros(7, 1)).shape
         torch.Size([7, 1])

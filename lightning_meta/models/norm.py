@@ -14,7 +14,7 @@ class BatchStatNorm(nn.Module):
     meta-gradients through ``vmap`` disagreed with the loop by up to 13% before this module replaced it).
     Parameters ``weight`` and ``bias`` keep the names of the ``BatchNorm`` they replace.
 
-    Example:
+    Examples:
         >>> import torch
         >>> norm = BatchStatNorm(3)
         >>> y = norm(torch.randn(8, 3, 4, 4))
@@ -44,3 +44,26 @@ class BatchStatNorm(nn.Module):
             return y
         shape = [1, -1] + [1] * (x.dim() - 2)
         return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def transductive_batch_norm(model: nn.Module, elementary: bool = False) -> list[str]:
+    """Make every BatchNorm use batch statistics in every forward and keep no running statistics; returns
+    their names. With ``elementary=True`` each one is replaced by
+    [BatchStatNorm][lightning_meta.models.BatchStatNorm] (same numbers, built from plain ops so that
+    second-order gradients are right under ``vmap``).
+
+    Examples:
+        >>> from lightning_meta.models import Conv4
+        >>> transductive_batch_norm(Conv4())
+        ['features.0.1', 'features.1.1', 'features.2.1', 'features.3.1']
+    """
+    names = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = module.num_batches_tracked = None
+            if elementary:
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, BatchStatNorm.from_batch_norm(module))
+            names.append(name)
+    return names

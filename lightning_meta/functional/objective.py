@@ -1,0 +1,193 @@
+"""The MAML meta-objective of a meta-batch, one result type for every meta-gradient mode.
+
+[task_objective][lightning_meta.functional.task_objective] is the pure per-task function (support adaptation,
+then the query loss); the caller loops it or ``vmap``s it. [meta_objective][lightning_meta.functional.meta_objective]
+does either over a [TaskBatch][lightning_meta.TaskBatch] and returns a
+[MetaObjective][lightning_meta.functional.MetaObjective] whose ``loss.backward()`` yields the meta-gradient,
+whatever the mode:
+
+* ``"second_order"``: autograd through the unrolled inner loop (exact);
+* ``"first_order"``: FOMAML, the inner gradients treated as constants;
+* ``"hvp"``: the exact meta-gradient by the reverse Hessian-vector-product recurrence
+  ([meta_gradient_hvp][lightning_meta.functional.meta_gradient_hvp]), one inner step in memory at a time; ``loss`` is
+  then a surrogate whose gradient is that meta-gradient and whose value is the mean query loss.
+
+[query_trajectory][lightning_meta.functional.query_trajectory] is the evaluation counterpart: query losses and
+outputs after each inner step. It runs without any Lightning object, so the same functions drive a
+LightningModule, a Fabric loop or plain PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.functional.hvp import HvpMethod, meta_gradient_hvp
+from lightning_meta.functional.inner_loop import Params, TaskLoss, adapt, adaptation_trajectory, lr_rows
+
+MetaGradient = Literal["second_order", "first_order", "hvp"]
+META_GRADIENTS: tuple[str, ...] = ("second_order", "first_order", "hvp")
+
+
+class MetaObjective(NamedTuple):
+    """What [meta_objective][lightning_meta.functional.meta_objective] returns for a meta-batch of ``T`` tasks.
+
+    ``loss``: scalar whose ``.backward()`` gives the meta-gradient (mean over tasks); ``query_losses``
+    ``[T]``, ``query_outputs`` ``[T, M, ...]`` and ``inner_losses`` ``[T, steps]`` (support loss before each
+    inner step) are detached, for metrics and checks.
+    """
+
+    loss: Tensor
+    query_losses: Tensor
+    query_outputs: Tensor
+    inner_losses: Tensor
+
+
+def task_objective(
+    task_loss: TaskLoss,
+    params: Params,
+    names: Sequence[str],
+    lrs: Tensor,
+    support: tuple[Tensor, Tensor],
+    query: tuple[Tensor, Tensor],
+    steps: int,
+    *,
+    first_order: bool = False,
+    loss_scale: float = 1.0,
+    functional: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One task: adapt on ``support`` for ``steps`` steps, then ``(query loss, query output, inner losses)``.
+
+    Second-order unless ``first_order``; ``functional=True`` is the form ``vmap`` can map over tasks.
+    """
+    fast, inner = adapt(task_loss, params, names, *support, lrs, steps, create_graph=not first_order,
+                        first_order=first_order, loss_scale=loss_scale, functional=functional)
+    q_loss, q_out = task_loss(fast, *query)
+    return q_loss, q_out, inner
+
+
+def meta_objective(
+    task_loss: TaskLoss,
+    params: Params,
+    batch: TaskBatch,
+    inner_lrs: Tensor | float,
+    steps: int = 1,
+    mode: MetaGradient = "second_order",
+    *,
+    adapted: Sequence[str] | None = None,
+    vectorize: bool = False,
+    hvp_method: HvpMethod = "autograd",
+    loss_scale: float = 1.0,
+) -> MetaObjective:
+    """The meta-objective of ``batch`` with ``params`` as ``theta``; ``loss.backward()`` gives the meta-gradient.
+
+    ``mode``: ``"second_order"`` (autograd through the unrolled inner loop, exact), ``"first_order"`` (FOMAML:
+    inner gradients as constants) or ``"hvp"`` (exact, by the reverse Hessian-vector-product recurrence, one
+    inner step in memory at a time; ``loss`` is then a surrogate whose value is the mean query loss).
+    ``adapted``: names of the tensors the inner loop adapts (default: all of ``params``); ``inner_lrs``: a
+    float or a ``[rows, len(adapted)]`` tensor (a parameter when learned: it then gets a gradient too);
+    ``vectorize`` maps [task_objective][lightning_meta.functional.task_objective] over the tasks with
+    ``torch.func.vmap`` (not with ``"hvp"``);
+    ``loss_scale`` multiplies the support loss before each inner gradient and divides the gradient back.
+
+    Examples:
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.models import MLP
+        >>> model = MLP()
+        >>> batch = SinusoidTasks(shots=5, queries=5).sample("train", [torch.Generator().manual_seed(i)
+        ...                                                          for i in range(4)])
+        >>> objective = meta_objective(TaskLoss(model, torch.nn.functional.mse_loss),
+        ...                            dict(model.named_parameters()), batch, inner_lrs=0.01)
+        >>> objective.loss.backward()  # the meta-gradient, now in model's .grad
+        >>> objective.query_losses.shape, objective.inner_losses.shape
+        (torch.Size([4]), torch.Size([4, 1]))
+    """
+    if mode not in META_GRADIENTS:
+        raise ValueError(f"mode must be one of {list(META_GRADIENTS)}, got {mode!r}")
+    names = list(params) if adapted is None else list(adapted)
+    lrs = lr_rows(inner_lrs, names, next(iter(params.values())))
+    if mode == "hvp":
+        if vectorize:
+            raise ValueError("vectorize=True does not apply to mode='hvp' (its recurrence runs per task)")
+        return _hvp_objective(task_loss, params, names, lrs, batch, steps, hvp_method, loss_scale)
+    first_order = mode == "first_order"
+    if vectorize:
+        def one(params: Params, lrs: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor):
+            return task_objective(task_loss, params, names, lrs, (xs, ys), (xq, yq), steps,
+                                  first_order=first_order, loss_scale=loss_scale, functional=True)
+
+        q_losses, q_outs, inner = vmap(one, in_dims=(None, None, 0, 0, 0, 0), randomness="same")(params, lrs, *batch)
+    else:
+        results = [task_objective(task_loss, params, names, lrs, (batch.support_x[t], batch.support_y[t]),
+                                  (batch.query_x[t], batch.query_y[t]), steps, first_order=first_order,
+                                  loss_scale=loss_scale)
+                   for t in range(batch.num_tasks)]
+        q_losses, q_outs, inner = (torch.stack(parts) for parts in zip(*results))
+    return MetaObjective(q_losses.mean(), q_losses.detach(), q_outs.detach(), inner.detach())
+
+
+def _hvp_objective(task_loss: TaskLoss, params: Params, names: list[str], lrs: Tensor, batch: TaskBatch,
+                   steps: int, method: HvpMethod, loss_scale: float) -> MetaObjective:
+    """Per-task exact meta-gradients by the HVP recurrence, as a surrogate loss over ``params`` and ``lrs``."""
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    lr_total = torch.zeros_like(lrs)
+    q_losses, q_outs, inner = [], [], []
+    for t in range(batch.num_tasks):
+        g, lr_g, q_loss, q_out, inner_t = meta_gradient_hvp(
+            task_loss, params, names, lrs, (batch.support_x[t], batch.support_y[t]),
+            (batch.query_x[t], batch.query_y[t]), steps, method, loss_scale)
+        for n in total:
+            total[n] += g[n]
+        lr_total += lr_g
+        q_losses.append(q_loss), q_outs.append(q_out), inner.append(torch.stack(inner_t))
+    count = batch.num_tasks
+    surrogate = sum((p * (total[n] / count)).sum() for n, p in params.items())
+    if lrs.requires_grad:
+        surrogate = surrogate + (lrs * (lr_total / count)).sum()
+    q_losses_t = torch.stack(q_losses)
+    return MetaObjective(surrogate - surrogate.detach() + q_losses_t.mean(), q_losses_t, torch.stack(q_outs),
+                         torch.stack(inner))
+
+
+def query_trajectory(
+    task_loss: TaskLoss,
+    params: Params,
+    batch: TaskBatch,
+    inner_lrs: Tensor | float,
+    steps: int,
+    *,
+    adapted: Sequence[str] | None = None,
+    at: Iterable[int] | None = None,
+    loss_scale: float = 1.0,
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Evaluation: ``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in
+    ``at`` (default ``0..steps``), adapting each task without an outer graph (all results detached).
+
+    Examples:
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.models import MLP
+        >>> model = MLP()
+        >>> batch = SinusoidTasks().sample("test", [torch.Generator().manual_seed(i) for i in range(3)])
+        >>> curve = query_trajectory(TaskLoss(model, torch.nn.functional.mse_loss),
+        ...                          dict(model.named_parameters()), batch, inner_lrs=0.01, steps=10, at=(0, 10))
+        >>> sorted(curve), curve[10][0].shape
+        ([0, 10], torch.Size([3]))
+    """
+    names = list(params) if adapted is None else list(adapted)
+    lrs = lr_rows(inner_lrs, names, next(iter(params.values()))).detach()
+    wanted = set(range(steps + 1) if at is None else at)
+    points: dict[int, list[tuple[Tensor, Tensor]]] = {k: [] for k in sorted(wanted)}
+    for t in range(batch.num_tasks):
+        trajectory = adaptation_trajectory(task_loss, params, names, batch.support_x[t], batch.support_y[t], lrs,
+                                           max(wanted), loss_scale=loss_scale)
+        for k, phi in trajectory:
+            if k in wanted:
+                with torch.no_grad():
+                    loss, out = task_loss(phi, batch.query_x[t], batch.query_y[t])
+                points[k].append((loss.detach(), out.detach()))
+    return {k: (torch.stack([p[0] for p in v]), torch.stack([p[1] for p in v])) for k, v in points.items()}

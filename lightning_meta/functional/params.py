@@ -1,0 +1,32 @@
+"""Which parameters an inner loop adapts."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+
+
+def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
+    """Names of the parameters the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module with
+    parameters) or ``fnmatch`` patterns over the parameter names.
+
+    Examples:
+        >>> from lightning_meta.models import MLP
+        >>> select_adapted(MLP(), "head")
+        ['head.weight', 'head.bias']
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if adapt == "all":
+        return names
+    if adapt == "head":
+        children = [c for c, m in model.named_children() if any(True for _ in m.parameters())]
+        if not children:
+            raise ValueError("adapt='head' needs a model with child modules; give name patterns instead")
+        return [n for n in names if n.startswith(children[-1] + ".")]
+    patterns = [adapt] if isinstance(adapt, str) else list(adapt)
+    chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if not chosen:
+        raise ValueError(f"adapt={adapt!r} matches no parameter; use 'all', 'head' or patterns over {names}")
+    return chosen

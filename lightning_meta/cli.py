@@ -15,7 +15,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     """Saves the full resolved config next to the run and logs it (model, data, trainer) as hyper-parameters.
 
     Examples:
-        >>> cli = MetaCLI(save_config_callback=LoggerSaveConfigCallback)  # doctest: +SKIP
+        >>> cli = main(["fit", "--config", "examples/configs/sinusoid_maml.yaml"])  # doctest: +SKIP
     """
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
@@ -25,24 +25,14 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
                                                                "lr_scheduler", "seed_everything")})
 
 
-class MetaCLI(LightningCLI):
-    """``LightningCLI`` with ``MetaLearner`` subclasses as models and
-    [EpisodicDataModule][lightning_meta.EpisodicDataModule] as data.
-
-    Examples:
-        >>> cli = main(["--config", "examples/configs/sinusoid_maml.yaml"], run=False)  # doctest: +SKIP
-        >>> cli.trainer.fit(cli.model, cli.datamodule)  # doctest: +SKIP
-    """
-
-
-def main(args: list[str] | None = None, run: bool = True) -> MetaCLI:
+def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Build (and with ``run=True`` run) the CLI in-process; returns it, e.g. to read ``cli.trainer`` in a notebook.
 
     The console script is [cli_main][lightning_meta.cli.cli_main], not this function: a console script passes
     its function's return value to ``sys.exit``, and a returned object is an exit status of 1.
     """
     os.environ.setdefault("WANDB_MODE", "offline")
-    return MetaCLI(
+    return LightningCLI(
         model_class=MetaLearner,
         datamodule_class=EpisodicDataModule,
         subclass_mode_model=True,

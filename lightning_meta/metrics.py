@@ -41,6 +41,39 @@ class EpisodeMeanCI(Metric):
         return {"mean": values.mean(), "ci95": 1.96 * std / max(n, 1) ** 0.5, "n": torch.tensor(float(n))}
 
 
+class AdaptationCurve(Metric):
+    """Mean query loss and score after each of ``0..steps`` inner steps, over all episodes seen.
+
+    ``update(losses, scores)`` takes ``[steps + 1, T]`` per-episode values; the states are sums and a count
+    (``dist_reduce_fx="sum"``), so under DDP ``compute`` gives the mean over every rank's episodes.
+
+    Examples:
+        >>> import torch
+        >>> curve = AdaptationCurve(steps=1)
+        >>> curve.update(torch.tensor([[4.0, 2.0], [1.0, 0.0]]), torch.tensor([[0.25, 0.75], [0.5, 1.0]]))
+        >>> {k: v.tolist() for k, v in curve.compute().items()}
+        {'loss': [3.0, 0.5], 'score': [0.5, 0.75]}
+    """
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, steps: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.steps = steps
+        for name in ("loss_sum", "score_sum"):
+            self.add_state(name, default=torch.zeros(steps + 1, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, losses: Tensor, scores: Tensor) -> None:
+        self.loss_sum += losses.detach().double().sum(1)
+        self.score_sum += scores.detach().double().sum(1)
+        self.count += losses.shape[1]
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"loss": self.loss_sum / self.count, "score": self.score_sum / self.count}
+
+
 def episode_accuracy(logits: Tensor, target: Tensor) -> Tensor:
     """Per-episode accuracy ``[T]`` from query logits ``[T, M, N]`` and labels ``[T, M]`` (torchmetrics)."""
     ways = logits.shape[-1]

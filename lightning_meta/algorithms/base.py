@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_meta._lightning import pl
+from lightning_meta.checks import check_choice, check_number
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.metrics import EpisodeMeanCI, episode_accuracy, episode_mse
+from lightning_meta.data.sources import TaskType
+from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
 
-TaskType = Literal["auto", "classification", "regression"]
 EVAL_STAGES = ("val", "test")
 EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> None:
-    """Raise a ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def check_number(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
-    """Raise a ``ValueError`` unless ``value`` is a finite number above ``minimum`` (or equal, ``strict=False``)."""
-    bad = not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
-    if bad or value < minimum or (strict and value == minimum):
-        sign = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {sign} {minimum:g}, got {value!r}")
 
 
 class MetaLearner(pl.LightningModule):
@@ -49,12 +35,12 @@ class MetaLearner(pl.LightningModule):
         ...         self.update_eval("test", "score", batch.query_y.pow(2).flatten(1).mean(1))
     """
 
-    def __init__(self, task_type: TaskType = "auto", lr: float = 1e-3) -> None:
+    def __init__(self, task_type: Literal["auto"] | TaskType = "auto", lr: float = 1e-3) -> None:
         super().__init__()
         check_choice("task_type", task_type, ("auto", "classification", "regression"))
         check_number("lr", lr)
         self.task_type, self.lr = task_type, lr
-        self._curve_sums: dict[str, tuple[Tensor, Tensor]] = {}
+        self.curve_metrics = nn.ModuleDict()  # stage -> AdaptationCurve, created at the first curve update
         #: the last validation / test adaptation curve: ``{"val": {"step", "loss", "score", "score_name"}}``
         self.adaptation_curves: dict[str, dict] = {}
         self._last_task_type = "classification"  # of the last batch seen; names the score metric
@@ -114,21 +100,21 @@ class MetaLearner(pl.LightningModule):
 
     def update_curve(self, stage: str, losses: list[Tensor], scores: list[Tensor]) -> None:
         """Accumulate per-episode query losses / scores after 0..K inner steps (lists of ``[T]`` tensors)."""
-        sums = torch.stack([torch.stack([x.sum() for x in losses]), torch.stack([s.sum() for s in scores])]).double()
-        count = torch.tensor(float(losses[0].numel()), dtype=torch.float64, device=sums.device)
-        old = self._curve_sums.get(stage)
-        self._curve_sums[stage] = (sums, count) if old is None else (old[0] + sums, old[1] + count)
+        metric = self.curve_metrics[stage] if stage in self.curve_metrics else None  # noqa: SIM401 (ModuleDict)
+        if metric is None or metric.steps != len(losses) - 1:
+            with torch.inference_mode(False):  # states must outlive Lightning's inference-mode evaluation
+                metric = self.curve_metrics[stage] = AdaptationCurve(len(losses) - 1).to(self.device)
+        metric.update(torch.stack(losses), torch.stack(scores))
 
     def _finish_curve(self, stage: str) -> None:
-        if stage not in self._curve_sums:
+        if stage not in self.curve_metrics or not self.curve_metrics[stage].update_called:
             return
-        sums, count = self._curve_sums.pop(stage)
-        if self._world_size() > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            count = self.trainer.strategy.reduce(count, reduce_op="sum")
-        mean = (sums / count).float().cpu()
-        self.adaptation_curves[stage] = {"step": list(range(mean.shape[1])), "loss": mean[0].tolist(),
-                                         "score": mean[1].tolist(), "score_name": self.score_name(self._last_task_type)}
+        metric = self.curve_metrics[stage]
+        result = {k: v.float().cpu() for k, v in metric.compute().items()}  # synced over DDP ranks
+        metric.reset()
+        self.adaptation_curves[stage] = {"step": list(range(metric.steps + 1)), "loss": result["loss"].tolist(),
+                                         "score": result["score"].tolist(),
+                                         "score_name": self.score_name(self._last_task_type)}
 
     # -------------------------------------------------------------- DDP ranks
     def _world_size(self) -> int:

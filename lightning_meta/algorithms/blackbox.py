@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import MetaLearner, TaskType, check_choice
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.checks import check_choice
 from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.sources import TaskType
 
 Aggregator = Literal["mean", "attention", "sequence"]
 
@@ -67,7 +69,7 @@ class BlackBoxAdaptation(MetaLearner):
         predict_variance: bool = False,
         heads: int = 4,
         layers: int = 2,
-        task_type: TaskType = "auto",
+        task_type: Literal["auto"] | TaskType = "auto",
         lr: float = 1e-3,
     ) -> None:
         super().__init__(task_type=task_type, lr=lr)

@@ -8,10 +8,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_meta.algorithms.base import MetaLearner, TaskType, check_choice, check_number
+from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.algorithms.grad_mode import grad_enabled, usable
+from lightning_meta.checks import check_choice, check_number
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
+from lightning_meta.data.sources import TaskType
 from lightning_meta.functional import (
     META_GRADIENTS,
     MetaGradient,
@@ -98,7 +100,7 @@ class MAML(MetaLearner):
         channels_last: bool = True,
         pre_adaptation_metrics: bool = True,
         adaptation_curve: bool = False,
-        task_type: TaskType = "auto",
+        task_type: Literal["auto"] | TaskType = "auto",
         lr: float = 1e-3,
     ) -> None:
         super().__init__(task_type=task_type, lr=lr)

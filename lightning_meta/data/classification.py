@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from lightning_meta.checks import check_positive
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.data.sources import SPLITS, TaskSource, check_positive
+from lightning_meta.data.sources import SPLITS, TaskSource
 
 
 def read_labels(dataset: Any) -> torch.Tensor:

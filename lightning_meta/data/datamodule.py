@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_meta._lightning import pl
+from lightning_meta.checks import check_positive
 from lightning_meta.data.samplers import EpisodeDataset, EvalEpisodeSampler, TrainEpisodeSampler, _RankSampler
-from lightning_meta.data.sources import TaskSource, check_positive
+from lightning_meta.data.sources import TaskSource
 
 
 class EpisodicDataModule(pl.LightningDataModule):

@@ -70,11 +70,3 @@ class TaskBatch(NamedTuple):
         """The ``index``-th task as a meta-batch of one (the task dimension kept)."""
         return TaskBatch(*(t[index : index + 1] for t in self))
 
-    def tasks(self, start: int, stop: int) -> TaskBatch:
-        """Tasks ``start..stop-1`` as a smaller meta-batch."""
-        return TaskBatch(*(t[start:stop] for t in self))
-
-    @staticmethod
-    def cat(batches: list[TaskBatch]) -> TaskBatch:
-        """Concatenate meta-batches along the task dimension."""
-        return TaskBatch(*(torch.cat(parts) for parts in zip(*batches)))

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from lightning_meta.checks import check_positive
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.data.sources import TaskSource, check_positive
+from lightning_meta.data.sources import TaskSource
 
 
 class Learn2LearnTasks(TaskSource):

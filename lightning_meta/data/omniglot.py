@@ -182,7 +182,6 @@ class OmniglotTasks(ClassificationTasks):
         turns = 4 if self.rotations else 1
         rotated = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(turns)], dim=1)
         self.class_names = [f"{c}/rot{90 * k:03d}" for c in characters for k in range(turns)]
-        self.character_background = raw["background"]
         x = rotated.reshape(-1, 1, self.image_size, self.image_size)  # [classes*20, 1, s, s]
         labels = torch.arange(len(self.class_names)).repeat_interleave(DRAWERS)
         self.splits = self._named_splits(characters, raw["background"].tolist())

@@ -6,8 +6,9 @@ import math
 
 import torch
 
+from lightning_meta.checks import check_positive
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.data.sources import TaskSource, check_positive
+from lightning_meta.data.sources import TaskSource
 
 
 class SinusoidTasks(TaskSource):
@@ -43,10 +44,6 @@ class SinusoidTasks(TaskSource):
                 raise ValueError(f"{name} must be (low, high) with low <= high, got {(low, high)!r}")
         self.ways, self.shots, self.queries = 1, shots, queries
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
-
-    @property
-    def num_outputs(self) -> int:
-        return 1
 
     def parameters_of(self, generators: list[torch.Generator]) -> torch.Tensor:
         """``[T, 2]`` (amplitude, phase) of the tasks these generators would produce."""

@@ -9,15 +9,8 @@ import torch
 
 from lightning_meta.data.episodes import TaskBatch
 
-Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TaskType = Literal["classification", "regression"]
-
-
-def check_positive(name: str, value: int, minimum: int = 1) -> None:
-    """Raise a ``ValueError`` naming ``name`` unless ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class TaskSource(ABC):
@@ -55,8 +48,3 @@ class TaskSource(ABC):
     @abstractmethod
     def sample(self, split: str, generators: list[torch.Generator]) -> TaskBatch:
         """One task per generator, from ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
-
-    @property
-    def num_outputs(self) -> int:
-        """Output width a predictor needs: ``ways`` for classification, ``d_y`` for regression."""
-        return self.ways

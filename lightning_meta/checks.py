@@ -1,0 +1,27 @@
+"""Argument checks shared by every public class: a ``ValueError`` that names the argument, the bad value and
+what would be valid, raised at construction."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def check_positive(name: str, value: int, minimum: int = 1) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_number(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
+    """Raise a ``ValueError`` unless ``value`` is a finite number above ``minimum`` (or equal, ``strict=False``)."""
+    bad = not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+    if bad or value < minimum or (strict and value == minimum):
+        sign = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {sign} {minimum:g}, got {value!r}")

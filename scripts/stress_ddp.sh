@@ -17,7 +17,7 @@ shift
 logs="${STRESS_LOGS:-/tmp/stress_ddp}"
 mkdir -p "$logs"
 export WANDB_MODE=offline PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python="${PYTHON:-python}"
+python="${PYTHON:-$(command -v python || command -v python3)}"  # the active venv's, or $PYTHON
 tests=(tests/test_ddp.py "tests/test_datamodule.py::test_ddp_shards_union_is_the_set_and_train_tasks_distinct")
 
 start=$(date +%s)
@@ -26,6 +26,10 @@ for round in $(seq 1 "$rounds"); do
     "$python" -m pytest -q -s -rA -p no:cacheprovider "${tests[@]}" "$@" > "$log" 2>&1
     passed=$(grep -c '^PASSED ' "$log")
     failed=$(grep -cE '^(FAILED|ERROR) ' "$log")
+    if [ $(( passed + failed )) -eq 0 ]; then  # pytest did not run (wrong interpreter, import error): a failure
+        echo "ERROR round$round: no test ran: $(grep -m1 -E 'Error|error' "$log")" >> "$log"
+        failed=1
+    fi
     echo "round $round/$rounds: $passed passed, $failed failed ($(( $(date +%s) - start )) s so far)"
 done
 

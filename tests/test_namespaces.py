@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, reserved_port, script_env
 
 from lightning_meta._lightning import ENV, MODULES, select_backend
 
@@ -20,10 +20,11 @@ SCRIPT = REPO / "tests" / "scripts" / "namespace_user.py"
 
 
 def run_user(namespace: str, out, devices: int = 1, meta_batch: int = 4, env: dict | None = None) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k != ENV}
-    environ.update({"PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})})
-    proc = subprocess.run([sys.executable, str(SCRIPT), namespace, str(out), str(devices), str(meta_batch)],
-                          capture_output=True, text=True, timeout=600, env=environ)
+    with reserved_port() as port:  # the suite's MASTER_PORT reservation (a 2-rank launch binds it)
+        environ = {k: v for k, v in script_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items() if k != ENV}
+        environ.update(env or {})
+        proc = subprocess.run([sys.executable, str(SCRIPT), namespace, str(out), str(devices), str(meta_batch)],
+                              capture_output=True, text=True, timeout=600, env=environ)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return {**json.loads(line[len("RESULT "):]), "stderr": proc.stderr}

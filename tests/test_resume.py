@@ -10,31 +10,25 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, reserved_port, script_env
 
 SCRIPT = REPO / "tests" / "scripts" / "resume_job.py"
 MAX_STEPS = 13  # 5 optimizer steps per epoch: epochs 0, 1 and part of 2
 MID_EPOCH, EPOCH_END = 7, 10
 
 
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def job(out, learner, workers, devices, *extra, expect_kill=False, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": free_port()}
     command = [sys.executable, str(SCRIPT), str(out), learner, str(workers), str(devices), str(MAX_STEPS), *extra]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, start_new_session=True)
+    with reserved_port() as port:  # the suite's MASTER_PORT reservation: no race for the rendezvous port
+        env = script_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
+                              start_new_session=True)
     expected = -signal.SIGKILL if expect_kill else 0
     assert proc.returncode == expected, f"exit {proc.returncode}, expected {expected}:\n{proc.stderr[-4000:]}"
     return proc
@@ -84,7 +78,7 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path, uninterrupted, learn
 def test_resume_after_a_kill_at_an_arbitrary_moment(tmp_path, uninterrupted):
     """The kill comes from outside, at whatever point the job has reached (possibly inside a checkpoint
     write): ``last.ckpt`` is still a complete checkpoint and the resumed run ends where the uninterrupted did."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    env = script_env()
     command = [sys.executable, str(SCRIPT), str(tmp_path), "maml", "2", "1", str(MAX_STEPS)]
     proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

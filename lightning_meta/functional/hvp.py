@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_meta.functional.inner_loop import Params, TaskLoss, inner_step, scaled_grad
+from lightning_meta.functional.inner_loop import Params, TaskLoss, inner_step, scaled_grad, step_row
 
 HvpMethod = Literal["autograd", "finite_difference"]
 
@@ -112,7 +112,7 @@ def meta_gradient_hvp(
     for k in range(steps):
         keep = method == "autograd" and k == steps - 1  # reused by the first reverse HVP
         leaves = _leaves(point) if keep else {**point, **{n: point[n].detach().requires_grad_() for n in names}}
-        nxt, loss, grads = inner_step(task_loss, leaves, names, xs, ys, rows[min(k, rows.shape[0] - 1)],
+        nxt, loss, grads = inner_step(task_loss, leaves, names, xs, ys, rows[step_row(rows, k)],
                                       create_graph=keep, first_order=True, loss_scale=loss_scale)
         if keep:
             last_graph = (leaves, grads)
@@ -126,7 +126,7 @@ def meta_gradient_hvp(
     grad = {n: g.detach() for n, g in zip(final, q_grads)}
     lr_grad = torch.zeros_like(rows)
     for k in reversed(range(steps)):
-        r = min(k, rows.shape[0] - 1)
+        r = step_row(rows, k)
         for i, n in enumerate(names):
             lr_grad[r, i] -= (inner_grads[k][i] * grad[n]).sum()
         weighted = {n: rows[r, i] * grad[n] for i, n in enumerate(names)}

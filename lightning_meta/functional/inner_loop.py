@@ -53,6 +53,11 @@ def lr_rows(inner_lrs: Tensor | float, names: Sequence[str], like: Tensor) -> Te
     return torch.full((1, len(names)), float(inner_lrs), dtype=like.dtype, device=like.device)
 
 
+def step_row(lrs: Tensor, k: int) -> int:
+    """The row of ``lrs [rows, n]`` that inner step ``k`` uses: ``k``, or the last row (one row: every step)."""
+    return min(k, lrs.shape[0] - 1)
+
+
 def inner_step(
     task_loss: TaskLoss,
     params: Params,
@@ -119,7 +124,7 @@ def adapt(
     """
     fast, losses = dict(params), []
     for k in range(steps):
-        fast, loss, _ = inner_step(task_loss, fast, names, x, y, lrs[min(k, lrs.shape[0] - 1)],
+        fast, loss, _ = inner_step(task_loss, fast, names, x, y, lrs[step_row(lrs, k)],
                                    create_graph=create_graph, first_order=first_order, loss_scale=loss_scale,
                                    functional=functional)
         losses.append(loss.detach())
@@ -152,6 +157,6 @@ def adaptation_trajectory(
         yield k, fast
         if k < steps:
             with torch.enable_grad():
-                fast, _, _ = inner_step(task_loss, fast, names, x, y, lrs[min(k, lrs.shape[0] - 1)],
+                fast, _, _ = inner_step(task_loss, fast, names, x, y, lrs[step_row(lrs, k)],
                                         loss_scale=loss_scale)
             fast = {n: p.detach().requires_grad_(n in names) for n, p in fast.items()}

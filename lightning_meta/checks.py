@@ -25,3 +25,10 @@ def check_number(name: str, value: float, minimum: float = 0.0, strict: bool = T
     if bad or value < minimum or (strict and value == minimum):
         sign = ">" if strict else ">="
         raise ValueError(f"{name} must be a finite number {sign} {minimum:g}, got {value!r}")
+
+
+def check_factory(name: str, value: Any, example: str) -> None:
+    """Raise a ``ValueError`` unless ``value`` is None or a callable that builds the object (not the object)."""
+    if value is not None and not callable(value):
+        shown = repr(value) if len(repr(value)) <= 60 else f"an instance of {type(value).__name__}"
+        raise ValueError(f"{name} must be a callable that builds it (e.g. {example}) or None, got {shown}")

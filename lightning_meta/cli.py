@@ -21,8 +21,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
             config = self.config.as_dict()
-            logger.log_hyperparams({k: config.get(k) for k in ("model", "data", "trainer", "optimizer",
-                                                               "lr_scheduler", "seed_everything")})
+            logger.log_hyperparams({k: config.get(k) for k in ("model", "data", "trainer", "seed_everything")})
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -38,6 +37,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         subclass_mode_model=True,
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the optimizer is the model's `optimizer` argument: one place to set it
         args=args,
         run=run,
     )

@@ -1,4 +1,5 @@
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_too_many_ways_is_a_clear_error():
 @pytest.mark.parametrize("aggregator", ["mean", "attention", "sequence"])
 def test_gradients_reach_every_parameter(aggregator):
     model = classifier(aggregator).float()
-    model.objective(classification_batch()).backward()
+    model.objective(classification_batch()).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
@@ -113,7 +114,7 @@ def test_omniglot_five_way_accuracy_well_above_chance(omniglot, aggregator):
     dm = EpisodicDataModule(tasks, meta_batch_size=8, train_episodes_per_epoch=8 * 300, val_episodes=0,
                             test_episodes=100, eval_meta_batch_size=50)
     model = BlackBoxAdaptation(Conv4(embed_only=True, hidden=16), aggregator=aggregator, ways=5, task_dim=32,
-                               hidden=64, lr=2e-3)
+                               hidden=64, optimizer=partial(torch.optim.Adam, lr=2e-3))
     trainer = quiet_trainer(max_steps=300)
     trainer.fit(model, dm)
     acc = trainer.test(model, dm, verbose=False)[0]["test/acc"]

@@ -83,10 +83,12 @@ def test_print_config_is_complete_and_valid(in_tmp, capsys):
     parsed = yaml.safe_load(printed)
     assert parsed["model"]["init_args"]["meta_gradient"] == "second_order"
     assert parsed["model"]["init_args"]["hvp_method"] == "autograd"  # defaults are filled in
-    assert parsed["optimizer"]["class_path"] == "torch.optim.Adam"
+    assert parsed["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.Adam"
+    assert "optimizer" not in parsed  # one place to set it: under the model
     (in_tmp / "full.yaml").write_text(printed)
     cli = main(["fit", "--config", "full.yaml", "--trainer.fast_dev_run=1"])
     assert cli.trainer.global_step == 1
+    assert type(cli.trainer.optimizers[0]) is torch.optim.Adam and cli.trainer.optimizers[0].defaults["lr"] == 1e-3
 
 
 def test_unknown_meta_gradient_names_the_choices(in_tmp, capsys):

@@ -51,7 +51,7 @@ def test_fabric_loop_follows_the_lightning_module(omniglot, mode):
     fabric_losses = example.train(fabric, datamodule(omniglot), conv4(), steps=4, mode=mode)
 
     recorder = LossRecorder()
-    model = MAML(conv4(), inner_lr=0.4, meta_gradient=mode, channels_last=False, lr=1e-3)
+    model = MAML(conv4(), inner_lr=0.4, meta_gradient=mode, channels_last=False)  # default Adam(lr=1e-3)
     trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder])
     trainer.fit(model, datamodule(omniglot))

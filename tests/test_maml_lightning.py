@@ -1,5 +1,6 @@
 import csv
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def test_bf16_mixed_trains_on_cpu(tmp_path):
 
 
 def test_early_stopping_and_learning_rate_monitor(tmp_path):
-    model, dm = sinusoid_maml(lr=1e-12)
+    model, dm = sinusoid_maml(optimizer=partial(torch.optim.Adam, lr=1e-12))
     dm.train_episodes_per_epoch = 50
     stop = EarlyStopping(monitor="val/loss", patience=1, mode="min", min_delta=1.0)
     logger = CSVLogger(tmp_path)
@@ -155,17 +156,13 @@ def test_adaptation_curve_matches_separate_evaluations():
         assert curve["loss"][k] == pytest.approx(post, rel=1e-5)
 
 
-class AdamPoisonedMAML(PoisonedMAML):
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.01)
-
-
 @pytest.mark.parametrize("accumulate, poison", [(1, {"poison_step": 1}), (2, {"poison_step": 1}),
                                                (2, {"poison_batch": 2})])
 def test_skipped_meta_batch_takes_no_optimizer_step(accumulate, poison):
     """With Adam a zero gradient would still move the weights (momentum): a skipped step must not step.
     Under accumulation, a window with one finite meta-batch still steps on that one's gradient."""
-    model, dm = build(4, model_cls=AdamPoisonedMAML, nonfinite="skip")
+    model, dm = build(4, model_cls=PoisonedMAML, nonfinite="skip",
+                      optimizer=partial(torch.optim.Adam, lr=0.01))
     for key, value in poison.items():
         setattr(model, key, value)
     weights = []

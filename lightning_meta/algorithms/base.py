@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_meta._lightning import pl
-from lightning_meta.checks import check_choice, check_number
+from lightning_meta.checks import check_choice, check_factory
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
 
 EVAL_STAGES = ("val", "test")
 EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
+DEFAULT_LR = 1e-3  # of the default optimizer, Adam
+
+#: ``params -> Optimizer``, the type LightningCLI's ``OptimizerCallable`` names (configurable by ``class_path``).
+OptimizerCallable = Callable[[Iterable], Optimizer]
+#: ``optimizer -> LR scheduler``, the type LightningCLI's ``LRSchedulerCallable`` names.
+LRSchedulerCallable = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
 
 
 class MetaLearner(pl.LightningModule):
@@ -25,8 +34,14 @@ class MetaLearner(pl.LightningModule):
     Logged keys: ``train/loss`` and ``train/acc`` (classification) or ``train/mse`` (regression);
     ``val/...`` and ``test/...`` with ``loss``, ``acc``/``mse`` and their ``_ci95`` half-widths, aggregated
     over all episodes (synced across DDP ranks), plus ``pre_`` variants where the learner has a
-    pre-adaptation prediction. The default optimizer is Adam with ``lr``; under LightningCLI the
-    ``--optimizer`` / ``--lr_scheduler`` options replace it the usual way.
+    pre-adaptation prediction.
+
+    The outer-loop (meta) optimizer is injected, Lightning's dependency-injection way: ``optimizer`` is a
+    callable ``params -> Optimizer`` (default: Adam, lr 1e-3), ``lr_scheduler`` an optional callable
+    ``optimizer -> scheduler``, stepped every ``lr_scheduler_interval`` (a ``ReduceLROnPlateau`` monitors
+    ``val/loss``). In Python pass e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``; in a LightningCLI config
+    they are ``model.init_args.optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}``, the only place
+    the optimizer is set (the CLI has no top-level ``optimizer:`` block).
 
     Examples:
         >>> class Zero(MetaLearner):  # predicts 0 for every query; logs test/mse like any learner
@@ -35,11 +50,21 @@ class MetaLearner(pl.LightningModule):
         ...         self.update_eval("test", "score", batch.query_y.pow(2).flatten(1).mean(1))
     """
 
-    def __init__(self, task_type: Literal["auto"] | TaskType = "auto", lr: float = 1e-3) -> None:
+    def __init__(
+        self,
+        task_type: Literal["auto"] | TaskType = "auto",
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ) -> None:
         super().__init__()
         check_choice("task_type", task_type, ("auto", "classification", "regression"))
-        check_number("lr", lr)
-        self.task_type, self.lr = task_type, lr
+        check_factory("optimizer", optimizer, "functools.partial(torch.optim.Adam, lr=1e-3)")
+        check_factory("lr_scheduler", lr_scheduler, "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=100)")
+        check_choice("lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step"))
+        self.task_type = task_type
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
         self.curve_metrics = nn.ModuleDict()  # stage -> AdaptationCurve, created at the first curve update
         #: the last validation / test adaptation curve: ``{"val": {"step", "loss", "score", "score_name"}}``
         self.adaptation_curves: dict[str, dict] = {}
@@ -147,4 +172,15 @@ class MetaLearner(pl.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        """The injected ``optimizer`` (default Adam, lr 1e-3) over all parameters, and ``lr_scheduler`` if given."""
+        make = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=DEFAULT_LR))
+        optimizer = make(self.parameters())
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
 from lightning_meta.checks import check_choice
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
+from lightning_meta.functional.objective import MetaObjective
 
 Aggregator = Literal["mean", "attention", "sequence"]
 
@@ -46,7 +47,8 @@ class BlackBoxAdaptation(MetaLearner):
     mean and a variance trained by Gaussian NLL as in CNPs, and the reported metric is the MSE of the mean.
 
     The encoder's output size is ``feature_dim`` or, when omitted, the encoder's ``feature_dim`` attribute
-    (``Conv4(embed_only=True)`` has one).
+    (``Conv4(embed_only=True)`` has one). The outer-loop optimizer is injected as for every
+    [MetaLearner][lightning_meta.MetaLearner] (``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``).
 
     Examples:
         >>> import torch
@@ -70,9 +72,11 @@ class BlackBoxAdaptation(MetaLearner):
         heads: int = 4,
         layers: int = 2,
         task_type: Literal["auto"] | TaskType = "auto",
-        lr: float = 1e-3,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        super().__init__(task_type=task_type, lr=lr)
+        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
         check_choice("aggregator", aggregator, ("mean", "attention", "sequence"))
         feature_dim = feature_dim if feature_dim is not None else getattr(encoder, "feature_dim", None)
         if not isinstance(feature_dim, int) or feature_dim < 1:
@@ -83,7 +87,7 @@ class BlackBoxAdaptation(MetaLearner):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if hidden % heads:
             raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
-        self.save_hyperparameters(ignore=["encoder"])
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
         self.encoder, self.aggregator, self.ways, self.y_dim = encoder, aggregator, ways, y_dim
         self.predict_variance = predict_variance
         label_dim = max(ways, y_dim)
@@ -193,10 +197,13 @@ class BlackBoxAdaptation(MetaLearner):
         score = self.episode_score(task_type, mean.detach(), batch.query_y)
         return loss.flatten(1).mean(1), score, mean
 
-    def objective(self, batch: TaskBatch) -> Tensor:
-        """The mean query loss of ``batch`` (what ``training_step`` returns), without logging or checks."""
+    def objective(self, batch: TaskBatch) -> MetaObjective:
+        """The objective of ``batch`` without logging or non-finite checks, in the same type as
+        [MAML.objective][lightning_meta.MAML.objective]: ``objective(batch).loss.backward()`` is the gradient
+        ``training_step`` takes (no inner loop, so ``inner_losses`` is ``[T, 0]``)."""
         batch, task_type = self.prepare_batch(batch)
-        return self._predict(batch, task_type)[0].mean()
+        losses, _, outputs = self._predict(batch, task_type)
+        return MetaObjective(losses.mean(), losses.detach(), outputs.detach(), losses.new_zeros(len(losses), 0))
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         batch, task_type = self.prepare_batch(batch)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
 from lightning_meta.algorithms.grad_mode import grad_enabled, usable
 from lightning_meta.checks import check_choice, check_number
 from lightning_meta.data.episodes import TaskBatch
@@ -66,7 +66,10 @@ class MAML(MetaLearner):
         adaptation_curve: record the query loss and score after each of ``0..eval_inner_steps`` inner steps
             (``adaptation_curves``; the W&B callback plots it).
         task_type: ``"auto"`` (float targets regress, integer labels classify), or either explicitly.
-        lr: the outer (meta) learning rate of the default Adam optimizer.
+        optimizer: the outer-loop optimizer, a callable ``params -> Optimizer`` (default Adam, lr 1e-3); see
+            [MetaLearner][lightning_meta.MetaLearner].
+        lr_scheduler: an optional callable ``optimizer -> LR scheduler``.
+        lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
 
     Examples:
         >>> import pytorch_lightning as pl
@@ -101,12 +104,14 @@ class MAML(MetaLearner):
         pre_adaptation_metrics: bool = True,
         adaptation_curve: bool = False,
         task_type: Literal["auto"] | TaskType = "auto",
-        lr: float = 1e-3,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        super().__init__(task_type=task_type, lr=lr)
+        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
         self._check_args(inner_lr, inner_steps, eval_inner_steps, meta_gradient, hvp_method, learn_inner_lr,
                          batch_norm, nonfinite, inner_loss_scale, vectorize)
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -227,7 +232,7 @@ class MAML(MetaLearner):
                 "pass a smaller inner_loss_scale (1.0 turns it off)") if scale != 1.0 else ""
         raise FloatingPointError(
             f"MAML: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
-            f"(now {self.hparams.inner_lr}) or lr, or set nonfinite='skip'{hint}"
+            f"(now {self.hparams.inner_lr}) or the optimizer's lr, or set nonfinite='skip'{hint}"
         )
 
     # ------------------------------------------------------------ Lightning

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytorch_lightning as pl
 import torch
 
@@ -9,12 +11,7 @@ from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks, TaskBatch
 from lightning_meta.models import MLP
 
 
-class SGDMAML(MAML):
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-class PoisonedMAML(SGDMAML):
+class PoisonedMAML(MAML):
     """Feeds NaN support inputs at global step ``poison_step`` (or at ``poison_batch``, a batch index), on
     ``poison_rank`` only, or on every rank if None."""
 
@@ -28,10 +25,10 @@ class PoisonedMAML(SGDMAML):
 
 
 def build(meta_batch: int, meta_gradient: str = "second_order", test_episodes: int = 600,
-          model_cls: type[MAML] = SGDMAML, **maml_kwargs):
+          model_cls: type[MAML] = MAML, **maml_kwargs):
     torch.manual_seed(0)
-    model = model_cls(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, meta_gradient=meta_gradient, lr=0.05,
-                      **maml_kwargs)
+    model = model_cls(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, meta_gradient=meta_gradient,
+                      **{"optimizer": partial(torch.optim.SGD, lr=0.05), **maml_kwargs})
     dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch,
                             train_episodes_per_epoch=1000, val_episodes=0, test_episodes=test_episodes,
                             eval_meta_batch_size=50, seed=3)

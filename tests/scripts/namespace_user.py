@@ -6,6 +6,7 @@ usage: namespace_user.py L|pl OUT_DIR DEVICES META_BATCH
 
 import json
 import sys
+from functools import partial
 
 if sys.argv[1] == "L":  # `import lightning as L` sorts before lightning_meta
     import lightning as L
@@ -29,7 +30,8 @@ else:  # ruff/isort put lightning_meta before pytorch_lightning
 
 def build(meta_batch: int):
     torch.manual_seed(0)
-    model = MAML(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, eval_inner_steps=3, lr=1e-2)
+    model = MAML(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, eval_inner_steps=3,
+                 optimizer=partial(torch.optim.Adam, lr=1e-2))
     dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch, train_episodes_per_epoch=64,
                             val_episodes=10, test_episodes=20, eval_meta_batch_size=5, seed=1)
     return model, dm

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+from functools import partial
 
 import torch
 
@@ -36,10 +37,10 @@ class KillAt(pl.Callback):
 def build(learner: str, devices: int):
     torch.manual_seed(0)
     if learner == "maml":
-        model = MAML(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, lr=1e-2)
+        model = MAML(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, optimizer=partial(torch.optim.Adam, lr=1e-2))
     else:
         model = BlackBoxAdaptation(MLP(out_features=16, hidden=(16,)), feature_dim=16, aggregator="attention",
-                                   task_dim=8, hidden=16, lr=1e-2)
+                                   task_dim=8, hidden=16, optimizer=partial(torch.optim.Adam, lr=1e-2))
     meta_batch = 4
     dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch,
                             train_episodes_per_epoch=BATCHES_PER_EPOCH * meta_batch * devices, val_episodes=6,

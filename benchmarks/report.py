@@ -64,10 +64,34 @@ def main() -> None:
         parts += ["## Black-box adaptation vs MAML at equal wall-clock budget", "",
                   f"Budgets (seconds of training each): {blackbox['budget_seconds']}", "",
                   table(["setting", "learner", "tasks/s", "steps", "test (600 episodes)"], rows), ""]
+    parts += before_after_section(load("before_after_maml"))
     if INTRO:
         parts += [INTRO]
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
     print("wrote docs/benchmarks.md")
+
+
+def before_after_section(result: dict) -> list[str]:
+    """The refactor check of ``benchmarks/before_after.sh``: each run's ratio to learn2learn, before and after."""
+    if not result:
+        return []
+    before, after = result["before_run"], result["after_run"]
+    key = "ratio_vs_learn2learn_channels_last"
+    speed = [[k, fmt(before[key][k]), fmt(after[key][k]), fmt(q)]
+             for k, q in result["speed_ratio_after_over_before"][key].items() if k.startswith("ours")]
+    old = {(r["mode"], r["steps"]): r["added_bytes"] for r in before["memory"]}
+    memory = [[r["mode"], r["steps"], fmt(old[(r["mode"], r["steps"])] / 2**20, 0), fmt(r["added_bytes"] / 2**20, 0),
+               fmt(result["memory_after_over_before"][f"{r['mode']}@{r['steps']}"])] for r in after["memory"]]
+    return ["## MAML before and after a change (`benchmarks/before_after.sh`)", "",
+            f"Commit `{result['before']}` against `{result['after']}`, run back to back on one machine. Speed is each "
+            "run's tasks/s divided by learn2learn's (channels-last) in the same run, so machine load cancels; run to "
+            "run, such a ratio moves by about 5 % with nothing changed (learn2learn's own two layouts moved 4-7 % "
+            "against each other here).", "",
+            table(["contender", "x l2l CL before", "x l2l CL after", "after / before"], speed), "",
+            table(["meta_gradient", "inner steps", "MiB before", "MiB after", "after / before"], memory), "",
+            "CPU memory is peak RSS during the step minus RSS before it, one fresh process per row; differences of "
+            "a few tens of MiB are within its run-to-run spread (the `hvp` rows of a single run span 140-170 MiB).",
+            ""]
 
 
 if __name__ == "__main__":

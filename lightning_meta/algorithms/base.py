@@ -152,6 +152,13 @@ class MetaLearner(pl.LightningModule):
         flags = self.all_gather(torch.tensor(int(flag), device=self.device))
         return flags.flatten().nonzero().flatten().tolist()
 
+    def raise_if_nonfinite(self, loss: Tensor) -> None:
+        """Raise ``FloatingPointError`` on every rank together if ``loss`` is not finite on some rank."""
+        bad_ranks = self._ranks_where(not bool(torch.isfinite(loss)))  # under DDP every rank raises together
+        if bad_ranks:
+            where = f" on rank(s) {bad_ranks}" if self._world_size() > 1 else ""
+            raise FloatingPointError(f"{type(self).__name__}: non-finite loss{where} at global step {self.global_step}")
+
     def _eval_epoch_end(self, stage: str) -> None:
         self._finish_curve(stage)
         score = self.score_name(self._last_task_type)
@@ -171,10 +178,13 @@ class MetaLearner(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def default_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
+        """The optimizer when none is injected: Adam, lr 1e-3 (a learner whose paper says otherwise overrides it)."""
+        return torch.optim.Adam(params, lr=DEFAULT_LR)
+
     def configure_optimizers(self):
-        """The injected ``optimizer`` (default Adam, lr 1e-3) over all parameters, and ``lr_scheduler`` if given."""
-        make = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=DEFAULT_LR))
-        optimizer = make(self.parameters())
+        """The injected ``optimizer`` (default: ``default_optimizer``) over all parameters, and ``lr_scheduler``."""
+        optimizer = (self.optimizer_factory or self.default_optimizer)(self.parameters())
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if self.lr_scheduler_factory is None:

@@ -209,10 +209,7 @@ class BlackBoxAdaptation(MetaLearner):
         batch, task_type = self.prepare_batch(batch)
         losses, score, _ = self._predict(batch, task_type)
         loss = losses.mean()
-        bad_ranks = self._ranks_where(not bool(torch.isfinite(loss)))  # under DDP every rank raises together
-        if bad_ranks:
-            where = f" on rank(s) {bad_ranks}" if self._world_size() > 1 else ""
-            raise FloatingPointError(f"BlackBoxAdaptation: non-finite loss{where} at global step {self.global_step}")
+        self.raise_if_nonfinite(loss)
         self.log_train(task_type, loss.detach(), score, batch.num_tasks)
         return loss
 

@@ -4,33 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import nn
 
-from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
-from lightning_meta.algorithms.grad_mode import grad_enabled, usable
-from lightning_meta.checks import check_choice, check_number
+from lightning_meta.algorithms.base import LRSchedulerCallable, OptimizerCallable
+from lightning_meta.algorithms.inner_loop import FP16_INNER_LOSS_SCALE, InnerLoopLearner
+from lightning_meta.checks import check_choice
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.data.sources import TaskType
-from lightning_meta.functional import (
-    META_GRADIENTS,
-    MetaGradient,
-    MetaObjective,
-    Params,
-    TaskLoss,
-    adaptation_trajectory,
-    meta_objective,
-    query_trajectory,
-    select_adapted,
-)
+from lightning_meta.functional import META_GRADIENTS, MetaGradient, MetaObjective, meta_objective
 from lightning_meta.models.norm import transductive_batch_norm
 
-FP16_INNER_LOSS_SCALE = 2.0**10
+__all__ = ["FP16_INNER_LOSS_SCALE", "MAML"]
 
 
-class MAML(MetaLearner):
+class MAML(InnerLoopLearner):
     """Model-Agnostic Meta-Learning on any ``nn.Module``, with the inner loop in ``torch.func``.
 
     For each task: ``phi = theta - inner_lr * grad L(theta, support)``, ``inner_steps`` times; the loss is the
@@ -108,132 +95,21 @@ class MAML(MetaLearner):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
-        self._check_args(inner_lr, inner_steps, eval_inner_steps, meta_gradient, hvp_method, learn_inner_lr,
-                         batch_norm, nonfinite, inner_loss_scale, vectorize)
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
-        self.model = model
-        self.inner_steps = inner_steps
-        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-        self.meta_gradient, self.hvp_method, self.vectorize = meta_gradient, hvp_method, vectorize
-        self.nonfinite, self.inner_loss_scale = nonfinite, inner_loss_scale
-        self._window_contributed = False  # a meta-batch since the last optimizer step had a finite loss
-        self.batch_norm_layers = self._apply_batch_norm_policy(batch_norm)  # after self.vectorize
-        self.channels_last = channels_last
-        self.pre_adaptation_metrics, self.adaptation_curve = pre_adaptation_metrics, adaptation_curve
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.adapted = select_adapted(model, adapt)
-        lrs = torch.full((inner_steps if learn_inner_lr == "per_step" else 1, len(self.adapted)), float(inner_lr))
-        if learn_inner_lr == "off":
-            self.register_buffer("inner_lrs", lrs)
-        else:
-            self.inner_lrs = nn.Parameter(lrs)
-
-    @staticmethod
-    def _check_args(inner_lr, inner_steps, eval_inner_steps, meta_gradient, hvp_method, learn_inner_lr,
-                    batch_norm, nonfinite, inner_loss_scale, vectorize) -> None:
-        check_number("inner_lr", inner_lr)
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-            raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
-        bad_eval = isinstance(eval_inner_steps, bool) or not isinstance(eval_inner_steps, int) or eval_inner_steps < 0
-        if eval_inner_steps is not None and bad_eval:
-            raise ValueError(f"eval_inner_steps must be an integer >= 0, got {eval_inner_steps!r}")
+        super().__init__(model, inner_lr, inner_steps, eval_inner_steps, adapt, batch_norm, nonfinite,
+                         inner_loss_scale, channels_last, pre_adaptation_metrics, adaptation_curve, task_type,
+                         optimizer, lr_scheduler, lr_scheduler_interval)
         check_choice("meta_gradient", meta_gradient, META_GRADIENTS)
         check_choice("hvp_method", hvp_method, ("autograd", "finite_difference"))
         check_choice("learn_inner_lr", learn_inner_lr, ("off", "per_tensor", "per_step"))
-        check_choice("batch_norm", batch_norm, ("transductive", "none"))
-        check_choice("nonfinite", nonfinite, ("raise", "skip"))
-        if inner_loss_scale is not None:
-            check_number("inner_loss_scale", inner_loss_scale)
         if vectorize and meta_gradient == "hvp":
             raise ValueError("vectorize=True does not apply to meta_gradient='hvp' (its reverse recurrence runs per "
                              "task); use vectorize=False with 'hvp', or 'second_order'/'first_order' with vmap")
-
-    def _apply_batch_norm_policy(self, policy: str) -> list[str]:
-        if policy == "transductive":
-            return transductive_batch_norm(self.model, elementary=self.vectorize)
-        layers = [n for n, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if layers:
-            raise ValueError(
-                f"batch_norm='none' but the model has BatchNorm layers {layers}; use batch_norm='transductive' "
-                "or a model without BatchNorm (e.g. Conv4(batch_norm=False))"
-            )
-        return []
-
-    def on_fit_start(self) -> None:
-        policy = "transductive batch statistics" if self.batch_norm_layers else "no BatchNorm layers"
-        self.print(f"MAML BatchNorm policy: {self.hparams.batch_norm} ({policy}: {self.batch_norm_layers})")
-
-    def layout(self, batch: TaskBatch) -> TaskBatch:
-        """Image meta-batches in channels-last strides, if enabled (applied by ``prepare_batch``)."""
-        return channels_last_batch(batch) if self.channels_last else batch
-
-    def check_output_width(self, batch: TaskBatch, task_type: str) -> None:
-        """One forward of ``theta`` on the first task's support set (eval mode: no dropout draw, no state change)
-        compared with the targets: ``ways`` logits for classification, the target's shape for regression."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                out = self.model(self._image_layout(batch.support_x[0]))
-        finally:
-            self.model.train(was_training)
-        if task_type == "classification":
-            ways = int(batch.support_y.max()) + 1
-            if out.dim() != 2 or out.shape[-1] != ways:
-                raise ValueError(
-                    f"MAML: the model outputs {tuple(out.shape[1:])} per example, but the tasks are {ways}-way "
-                    f"(support labels 0..{ways - 1}): give the model out_features={ways} (e.g. "
-                    f"Conv4(out_features={ways})), or sample {out.shape[-1]}-way tasks"
-                )
-        elif out.shape[1:] != batch.support_y.shape[2:]:
-            raise ValueError(
-                f"MAML: the model outputs {tuple(out.shape[1:])} per example, but the regression targets are "
-                f"{tuple(batch.support_y.shape[2:])} (support_y {tuple(batch.support_y.shape)}): give the model "
-                f"out_features={batch.support_y.shape[-1] if batch.support_y.dim() > 2 else 1}"
-            )
-
-    # ------------------------------------------------------------- utilities
-    def _loss_scale(self) -> float:
-        if self.inner_loss_scale is not None:
-            return float(self.inner_loss_scale)
-        precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
-        return FP16_INNER_LOSS_SCALE if precision.startswith("16") else 1.0
-
-    def _task_loss(self, task_type: str) -> TaskLoss:
-        return TaskLoss(self.model, self.loss_fn(task_type))
-
-    def _theta(self, detach: bool) -> Params:
-        params = dict(self.model.named_parameters())
-        return {n: p.detach().requires_grad_() for n, p in params.items()} if detach else params
-
-    def _check_finite(self, inner: Tensor, outer: Tensor) -> bool:
-        """``inner [T, steps]`` support losses, ``outer [T]`` query losses; raise or report non-finite.
-
-        Under DDP the ranks agree first (one all-gather of a flag), so that every rank skips the same step
-        or every rank raises: none is left waiting in the gradient all-reduce.
-        """
-        finite = bool(torch.isfinite(outer).all() & torch.isfinite(inner).all())
-        bad_ranks = self._ranks_where(not finite)
-        if not bad_ranks:
-            return True
-        if self.nonfinite == "skip":
-            return False
-        if finite:
-            where = f"rank(s) {bad_ranks} (this rank, {self.global_rank}, was finite)"
-        else:
-            bad = (~torch.isfinite(inner)).nonzero()
-            where = (f"inner step {int(bad[0, 1])} of task {int(bad[0, 0])}" if len(bad)
-                     else f"the query loss of task {int((~torch.isfinite(outer)).nonzero()[0, 0])}")
-            where += f" on rank {self.global_rank}" if self._world_size() > 1 else ""
-        scale = self._loss_scale()
-        hint = (f"; under inner_loss_scale {scale:g} a float16 inner gradient above {65504 / scale:g} overflows: "
-                "pass a smaller inner_loss_scale (1.0 turns it off)") if scale != 1.0 else ""
-        raise FloatingPointError(
-            f"MAML: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
-            f"(now {self.hparams.inner_lr}) or the optimizer's lr, or set nonfinite='skip'{hint}"
-        )
+        self.meta_gradient, self.hvp_method, self.vectorize = meta_gradient, hvp_method, vectorize
+        if vectorize and self.batch_norm_layers:  # plain-op BatchNorm: its double backward is right under vmap
+            self.batch_norm_layers = transductive_batch_norm(self.model, elementary=True)
+        if learn_inner_lr != "off":
+            rows = inner_steps if learn_inner_lr == "per_step" else 1
+            self.inner_lrs = nn.Parameter(self._buffers.pop("inner_lrs").expand(rows, -1).clone())
 
     # ------------------------------------------------------------ Lightning
     def objective(self, batch: TaskBatch) -> MetaObjective:
@@ -244,83 +120,3 @@ class MAML(MetaLearner):
             self._task_loss(task_type), self._theta(detach=False), batch, self.inner_lrs, self.inner_steps,
             self.meta_gradient, adapted=self.adapted, vectorize=self.vectorize, hvp_method=self.hvp_method,
             loss_scale=self._loss_scale())
-
-    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        objective, task_type = self.objective(batch), self._last_task_type
-        if not self._check_finite(objective.inner_losses, objective.query_losses):
-            return self._zero_loss()
-        self._window_contributed = True
-        score = self.episode_score(task_type, objective.query_outputs, batch.query_y)
-        self.log_train(task_type, objective.query_losses.mean(), score, batch.num_tasks)
-        return objective.loss
-
-    def _zero_loss(self) -> Tensor:
-        """A skipped meta-batch's loss: zero gradient on every parameter, so DDP's all-reduce still runs."""
-        return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, except that an accumulation window of only skipped meta-batches takes none."""
-        if self.nonfinite != "skip" or optimizer_closure is None:
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        result = optimizer_closure()
-        contributed, self._window_contributed = self._window_contributed, False
-        if contributed:
-            super().optimizer_step(epoch, batch_idx, optimizer, lambda: result)
-
-    def query_trajectory(self, batch: TaskBatch, at: set[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
-        """``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in ``at``
-        (default ``0..eval_inner_steps``), without an outer graph: evaluation without logging."""
-        batch, task_type = self.prepare_batch(batch)
-        return self._trajectory(batch, task_type, set(range(self.eval_inner_steps + 1)) if at is None else at)
-
-    def _trajectory(self, batch: TaskBatch, task_type: str, at: set[int]) -> dict[int, tuple[Tensor, Tensor]]:
-        with grad_enabled():
-            return query_trajectory(self._task_loss(task_type), self._theta(detach=True), usable(batch),
-                                    self.inner_lrs.detach(), self.eval_inner_steps, adapted=self.adapted, at=at,
-                                    loss_scale=self._loss_scale())
-
-    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
-        """Query metrics after ``eval_inner_steps`` (and 0: pre-adaptation), or after every step for the curve."""
-        batch, task_type = self.prepare_batch(batch)
-        steps = self.eval_inner_steps
-        at = set(range(steps + 1)) if self.adaptation_curve else {0, steps} if self.pre_adaptation_metrics else {steps}
-        curve = {k: (loss, self.episode_score(task_type, out, batch.query_y))
-                 for k, (loss, out) in self._trajectory(batch, task_type, at).items()}
-        self.update_eval(stage, "loss", curve[steps][0])
-        self.update_eval(stage, "score", curve[steps][1])
-        if 0 in curve:
-            self.update_eval(stage, "pre_loss", curve[0][0])
-            self.update_eval(stage, "pre_score", curve[0][1])
-        if self.adaptation_curve:
-            self.update_curve(stage, [curve[k][0] for k in range(steps + 1)], [curve[k][1] for k in range(steps + 1)])
-
-    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        """Query predictions ``[T, M, ...]`` after ``eval_inner_steps`` of adaptation."""
-        batch, task_type = self.prepare_batch(batch)
-        return self._trajectory(batch, task_type, {self.eval_inner_steps})[self.eval_inner_steps][1]
-
-    def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
-        """The adapted parameters ``phi`` for one task's support set (no outer graph)."""
-        steps = self.eval_inner_steps if steps is None else steps
-        task_loss = self._task_loss(self.task_type_of(support_y))
-        with grad_enabled():
-            x, y = self._image_layout(usable(support_x)), usable(support_y)
-            *_, (_, phi) = adaptation_trajectory(task_loss, self._theta(detach=True), self.adapted, x, y,
-                                                 self.inner_lrs.detach(), steps, loss_scale=self._loss_scale())
-        return {n: p.detach() for n, p in phi.items()}
-
-    def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
-        """The backbone's output with ``params`` (e.g. from
-        [adapted_params][lightning_meta.MAML.adapted_params]), or with ``theta``."""
-        x = self._image_layout(x)
-        return self.model(x) if params is None else functional_call(self.model, params, (x,))
-
-    def _image_layout(self, x: Tensor) -> Tensor:
-        """One task's images ``[M, C, H, W]`` in channels-last strides, if enabled."""
-        return channels_last_tasks(x[None])[0] if self.channels_last and x.dim() == 4 else x

@@ -63,6 +63,8 @@ class ClassificationTasks(TaskSource):
     (``splits={"train": [...], "val": [...], "test": [...]}``, original label values) or by
     ``split_fractions`` of a seeded permutation of the classes. In every task the ``ways`` chosen classes
     get the labels ``0..ways-1`` in a random order, and the support and query sets are shuffled.
+    ``train_ways`` (optional) gives the meta-training split's tasks another number of ways than validation and
+    test (Prototypical Networks train Omniglot 5-way models on 60-way tasks).
 
     With ``in_memory=True`` (default) the inputs are stacked into one tensor at ``setup`` and a batch is a
     single gather (no per-example Python loop); ``uint8`` inputs are scaled to ``[0, 1]`` float32.
@@ -91,8 +93,12 @@ class ClassificationTasks(TaskSource):
         split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
         split_seed: int = 0,
         in_memory: bool = True,
+        train_ways: int | None = None,
     ) -> None:
         check_positive("ways", ways, 2)
+        if train_ways is not None:
+            check_positive("train_ways", train_ways, 2)
+        self.train_ways = train_ways
         check_positive("shots", shots)
         check_positive("queries", queries)
         self.dataset = dataset
@@ -151,7 +157,12 @@ class ClassificationTasks(TaskSource):
 
     def validate_split(self, split: str) -> None:
         """Raise a ``ValueError`` unless ``split`` can provide the configured tasks."""
-        self.check_split(split, self.ways, self.shots, self.queries)
+        self.check_split(split, self.ways_of(split), self.shots, self.queries)
+
+    def ways_of(self, split: str) -> int:
+        """Ways of ``split``'s tasks: ``train_ways`` for training if set (e.g. ProtoNet's 60-way training for
+        5-way evaluation), else ``ways``."""
+        return self.train_ways if split == "train" and self.train_ways is not None else self.ways
 
     def check_split(self, split: str, ways: int, shots: int, queries: int) -> None:
         """Raise a ``ValueError`` unless ``split`` can provide ``ways``-way ``shots+queries`` tasks."""
@@ -189,7 +200,7 @@ class ClassificationTasks(TaskSource):
     def sample(self, split: str, generators: list[torch.Generator]) -> TaskBatch:
         if not self._ready:
             self.setup()
-        n, k, q = self.ways, self.shots, self.queries
+        n, k, q = self.ways_of(split), self.shots, self.queries
         pool = self._split_classes[split]
         width = self._examples.shape[1]
         base_s = torch.arange(n).repeat_interleave(k)

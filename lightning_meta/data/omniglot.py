@@ -148,7 +148,8 @@ class OmniglotTasks(ClassificationTasks):
     ``split="alphabets"`` uses the authors' alphabet split: ``images_background`` for meta-training except
     its last five alphabets (sorted by name), which are meta-validation, and ``images_evaluation`` for
     meta-test; ``rotations`` adds the rotated classes there too. With ``rotations=False`` the Vinyals
-    split keeps only its ``rot000`` classes.
+    split keeps only its ``rot000`` classes. ``train_ways`` makes meta-training tasks wider than the evaluation
+    tasks (ProtoNet: 60-way training for 5-way testing).
 
     Examples:
         >>> tasks = OmniglotTasks(omniglot_root, ways=5, shots=1, queries=15)  # a local copy, never downloaded
@@ -167,8 +168,9 @@ class OmniglotTasks(ClassificationTasks):
         rotations: bool = True,
         image_size: int = 28,
         cache_dir: str | None = None,
+        train_ways: int | None = None,
     ) -> None:
-        super().__init__(None, ways=ways, shots=shots, queries=queries)
+        super().__init__(None, ways=ways, shots=shots, queries=queries, train_ways=train_ways)
         if split not in ("vinyals", "alphabets"):
             raise ValueError(f"split must be 'vinyals' or 'alphabets', got {split!r}")
         if image_size < 8:

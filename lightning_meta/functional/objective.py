@@ -19,7 +19,7 @@ LightningModule, a Fabric loop or plain PyTorch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -31,6 +31,8 @@ from lightning_meta.functional.hvp import HvpMethod, meta_gradient_hvp
 from lightning_meta.functional.inner_loop import Params, TaskLoss, adapt, adaptation_trajectory, lr_rows
 
 MetaGradient = Literal["second_order", "first_order", "hvp"]
+#: ``(support_x, support_y, steps) -> iterator of (k, phi_k)``, ``k = 0..steps``: one task's evaluation adaptation
+Adaptation = Callable[[Tensor, Tensor, int], Iterator[tuple[int, Params]]]
 META_GRADIENTS: tuple[str, ...] = ("second_order", "first_order", "hvp")
 
 
@@ -164,9 +166,14 @@ def query_trajectory(
     adapted: Sequence[str] | None = None,
     at: Iterable[int] | None = None,
     loss_scale: float = 1.0,
+    adaptation: Adaptation | None = None,
 ) -> dict[int, tuple[Tensor, Tensor]]:
     """Evaluation: ``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in
     ``at`` (default ``0..steps``), adapting each task without an outer graph (all results detached).
+
+    ``adaptation(x, y, steps)`` yields ``(k, phi_k)`` for one task's support set; the default is MAML's SGD
+    ([adaptation_trajectory][lightning_meta.functional.adaptation_trajectory] at ``inner_lrs``); Reptile and
+    iMAML pass their inner optimizers.
 
     Examples:
         >>> from lightning_meta import SinusoidTasks
@@ -182,9 +189,11 @@ def query_trajectory(
     lrs = lr_rows(inner_lrs, names, next(iter(params.values()))).detach()
     wanted = set(range(steps + 1) if at is None else at)
     points: dict[int, list[tuple[Tensor, Tensor]]] = {k: [] for k in sorted(wanted)}
+    if adaptation is None:
+        def adaptation(x: Tensor, y: Tensor, steps: int) -> Iterator[tuple[int, Params]]:
+            return adaptation_trajectory(task_loss, params, names, x, y, lrs, steps, loss_scale=loss_scale)
     for t in range(batch.num_tasks):
-        trajectory = adaptation_trajectory(task_loss, params, names, batch.support_x[t], batch.support_y[t], lrs,
-                                           max(wanted), loss_scale=loss_scale)
+        trajectory = adaptation(batch.support_x[t], batch.support_y[t], max(wanted))
         for k, phi in trajectory:
             if k in wanted:
                 with torch.no_grad():

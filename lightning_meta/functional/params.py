@@ -1,11 +1,13 @@
-"""Which parameters an inner loop adapts."""
+"""Parameter dicts: which tensors an inner loop adapts, and handing a computed meta-gradient to ``backward``."""
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
 
 
 def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
@@ -30,3 +32,19 @@ def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
     if not chosen:
         raise ValueError(f"adapt={adapt!r} matches no parameter; use 'all', 'head' or patterns over {names}")
     return chosen
+
+
+def as_gradient_loss(params: Params, grads: Params, value: Tensor) -> Tensor:
+    """A scalar whose value is ``value`` and whose gradient with respect to each ``params[n]`` is ``grads[n]``:
+    hands a computed meta-gradient to Lightning's ``backward`` (AMP scaling, accumulation, DDP all-reduce).
+
+    Examples:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> loss = as_gradient_loss({"w": w}, {"w": torch.tensor([0.5, -1.0])}, torch.tensor(3.0))
+        >>> loss.backward()
+        >>> loss.item(), w.grad
+        (3.0, tensor([ 0.5000, -1.0000]))
+    """
+    surrogate = sum((p * grads[n].detach()).sum() for n, p in params.items())
+    return surrogate - surrogate.detach() + value.detach()

@@ -1,0 +1,282 @@
+"""What every learner with a gradient inner loop shares (MAML, Reptile, iMAML): the model and its adapted tensors,
+the inner learning rate and steps, BatchNorm policy, memory layout, non-finite handling, and evaluation by
+adapting each task with gradient descent on its support set (``query_trajectory``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
+from lightning_meta.algorithms.grad_mode import grad_enabled, usable
+from lightning_meta.checks import check_choice, check_number, check_positive
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
+from lightning_meta.data.sources import TaskType
+from lightning_meta.functional import MetaObjective, Params, TaskLoss, adaptation_trajectory, query_trajectory
+from lightning_meta.functional import select_adapted as select_adapted_tensors
+from lightning_meta.models.norm import transductive_batch_norm
+
+FP16_INNER_LOSS_SCALE = 2.0**10
+
+
+class InnerLoopLearner(MetaLearner):
+    """Base of the optimization-based learners ([MAML][lightning_meta.MAML], [Reptile][lightning_meta.Reptile],
+    [IMAML][lightning_meta.IMAML]): a subclass defines ``objective(batch)``, the training objective whose
+    ``loss.backward()`` is its meta-gradient; everything else (checks, logging, evaluation) is here.
+
+    Evaluation (validation, test, predict) adapts each task with ``eval_inner_steps`` of gradient descent on its
+    support set at ``inner_lr`` and scores the queries, also before adaptation (``pre_``) and, with
+    ``adaptation_curve``, after every step.
+
+    Args:
+        model: the learner ``f_theta``; its output is the logits (``ways`` wide) or the regression target.
+        inner_lr: the inner-loop learning rate ``alpha``.
+        inner_steps: inner steps per task in training.
+        eval_inner_steps: inner steps in validation, test and predict (default ``inner_steps``).
+        adapt: what the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module) or
+            ``fnmatch`` patterns over parameter names.
+        batch_norm: ``"transductive"`` (batch statistics in every forward, no running statistics: the MAML
+            paper's setting) or ``"none"`` (the model must have no BatchNorm).
+        nonfinite: ``"raise"`` stops naming the step and task of a non-finite loss; ``"skip"`` skips the
+            meta-batch (under DDP every rank skips or raises together).
+        inner_loss_scale: multiplies the inner loss before differentiation and divides the gradient back;
+            ``None`` means 1, or ``2**10`` under 16-bit precision, where inner gradients underflow in float16.
+        channels_last: image inputs and conv weights in channels-last memory order.
+        pre_adaptation_metrics: also log the query metrics before adaptation (``val/pre_loss``, ...).
+        adaptation_curve: record the query loss and score after each of ``0..eval_inner_steps`` inner steps
+            (``adaptation_curves``; the W&B callback plots it).
+        task_type: ``"auto"`` (float targets regress, integer labels classify), or either explicitly.
+        optimizer: the outer-loop optimizer, a callable ``params -> Optimizer`` (default Adam, lr 1e-3); see
+            [MetaLearner][lightning_meta.MetaLearner].
+        lr_scheduler: an optional callable ``optimizer -> LR scheduler``.
+        lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        adapt: str | list[str] = "all",
+        batch_norm: Literal["transductive", "none"] = "transductive",
+        nonfinite: Literal["raise", "skip"] = "raise",
+        inner_loss_scale: float | None = None,
+        channels_last: bool = True,
+        pre_adaptation_metrics: bool = True,
+        adaptation_curve: bool = False,
+        task_type: Literal["auto"] | TaskType = "auto",
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ) -> None:
+        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
+        self._check_common_args(inner_lr, inner_steps, eval_inner_steps, batch_norm, nonfinite, inner_loss_scale)
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        self.model = model
+        self.inner_lr, self.inner_steps = inner_lr, inner_steps
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.nonfinite, self.inner_loss_scale = nonfinite, inner_loss_scale
+        self._window_contributed = False  # a meta-batch since the last optimizer step had a finite loss
+        self.batch_norm_layers = self._apply_batch_norm_policy(batch_norm)
+        self.channels_last = channels_last
+        self.pre_adaptation_metrics, self.adaptation_curve = pre_adaptation_metrics, adaptation_curve
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.adapted = select_adapted_tensors(model, adapt)
+        self.register_buffer("inner_lrs", torch.full((1, len(self.adapted)), float(inner_lr)))
+
+    @staticmethod
+    def _check_common_args(inner_lr, inner_steps, eval_inner_steps, batch_norm, nonfinite, inner_loss_scale) -> None:
+        check_number("inner_lr", inner_lr)
+        check_positive("inner_steps", inner_steps)
+        if eval_inner_steps is not None:
+            check_positive("eval_inner_steps", eval_inner_steps, 0)
+        check_choice("batch_norm", batch_norm, ("transductive", "none"))
+        check_choice("nonfinite", nonfinite, ("raise", "skip"))
+        if inner_loss_scale is not None:
+            check_number("inner_loss_scale", inner_loss_scale)
+
+    def _apply_batch_norm_policy(self, policy: str) -> list[str]:
+        if policy == "transductive":
+            return transductive_batch_norm(self.model)
+        layers = [n for n, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if layers:
+            raise ValueError(
+                f"batch_norm='none' but the model has BatchNorm layers {layers}; use batch_norm='transductive' "
+                "or a model without BatchNorm (e.g. Conv4(batch_norm=False))"
+            )
+        return []
+
+    def on_fit_start(self) -> None:
+        policy = "transductive batch statistics" if self.batch_norm_layers else "no BatchNorm layers"
+        self.print(f"{type(self).__name__} BatchNorm policy: {self.hparams.batch_norm} ({policy}: "
+                   f"{self.batch_norm_layers})")
+
+    def layout(self, batch: TaskBatch) -> TaskBatch:
+        """Image meta-batches in channels-last strides, if enabled (applied by ``prepare_batch``)."""
+        return channels_last_batch(batch) if self.channels_last else batch
+
+    def check_output_width(self, batch: TaskBatch, task_type: str) -> None:
+        """One forward of ``theta`` on the first task's support set (eval mode: no dropout draw, no state change)
+        compared with the targets: ``ways`` logits for classification, the target's shape for regression."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model(self._image_layout(batch.support_x[0]))
+        finally:
+            self.model.train(was_training)
+        name = type(self).__name__
+        if task_type == "classification":
+            ways = int(batch.support_y.max()) + 1
+            if out.dim() != 2 or out.shape[-1] != ways:
+                raise ValueError(
+                    f"{name}: the model outputs {tuple(out.shape[1:])} per example, but the tasks are {ways}-way "
+                    f"(support labels 0..{ways - 1}): give the model out_features={ways} (e.g. "
+                    f"Conv4(out_features={ways})), or sample {out.shape[-1]}-way tasks"
+                )
+        elif out.shape[1:] != batch.support_y.shape[2:]:
+            raise ValueError(
+                f"{name}: the model outputs {tuple(out.shape[1:])} per example, but the regression targets are "
+                f"{tuple(batch.support_y.shape[2:])} (support_y {tuple(batch.support_y.shape)}): give the model "
+                f"out_features={batch.support_y.shape[-1] if batch.support_y.dim() > 2 else 1}"
+            )
+
+    # ------------------------------------------------------------- utilities
+    def _loss_scale(self) -> float:
+        if self.inner_loss_scale is not None:
+            return float(self.inner_loss_scale)
+        precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
+        return FP16_INNER_LOSS_SCALE if precision.startswith("16") else 1.0
+
+    def _task_loss(self, task_type: str) -> TaskLoss:
+        return TaskLoss(self.model, self.loss_fn(task_type))
+
+    def _theta(self, detach: bool) -> Params:
+        params = dict(self.model.named_parameters())
+        return {n: p.detach().requires_grad_() for n, p in params.items()} if detach else params
+
+    def _check_finite(self, inner: Tensor, outer: Tensor) -> bool:
+        """``inner [T, steps]`` support losses, ``outer [T]`` query losses; raise or report non-finite.
+
+        Under DDP the ranks agree first (one all-gather of a flag), so that every rank skips the same step
+        or every rank raises: none is left waiting in the gradient all-reduce.
+        """
+        finite = bool(torch.isfinite(outer).all() & torch.isfinite(inner).all())
+        bad_ranks = self._ranks_where(not finite)
+        if not bad_ranks:
+            return True
+        if self.nonfinite == "skip":
+            return False
+        if finite:
+            where = f"rank(s) {bad_ranks} (this rank, {self.global_rank}, was finite)"
+        else:
+            bad = (~torch.isfinite(inner)).nonzero()
+            where = (f"inner step {int(bad[0, 1])} of task {int(bad[0, 0])}" if len(bad)
+                     else f"the query loss of task {int((~torch.isfinite(outer)).nonzero()[0, 0])}")
+            where += f" on rank {self.global_rank}" if self._world_size() > 1 else ""
+        scale = self._loss_scale()
+        hint = (f"; under inner_loss_scale {scale:g} a float16 inner gradient above {65504 / scale:g} overflows: "
+                "pass a smaller inner_loss_scale (1.0 turns it off)") if scale != 1.0 else ""
+        raise FloatingPointError(
+            f"{type(self).__name__}: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
+            f"(now {self.hparams.inner_lr}) or the optimizer's lr, or set nonfinite='skip'{hint}"
+        )
+
+    # ------------------------------------------------------------ Lightning
+    def objective(self, batch: TaskBatch) -> MetaObjective:
+        """The training objective of ``batch`` without logging or non-finite checks: ``loss.backward()`` is
+        the meta-gradient ``training_step`` takes (subclasses)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        objective, task_type = self.objective(batch), self._last_task_type
+        if not self._check_finite(objective.inner_losses, objective.query_losses):
+            return self._zero_loss()
+        self._window_contributed = True
+        score = self.episode_score(task_type, objective.query_outputs, batch.query_y)
+        self.log_train(task_type, objective.query_losses.mean(), score, batch.num_tasks)
+        return objective.loss
+
+    def _zero_loss(self) -> Tensor:
+        """A skipped meta-batch's loss: zero gradient on every parameter, so DDP's all-reduce still runs."""
+        return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, except that an accumulation window of only skipped meta-batches takes none."""
+        if self.nonfinite != "skip" or optimizer_closure is None:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        result = optimizer_closure()
+        contributed, self._window_contributed = self._window_contributed, False
+        if contributed:
+            super().optimizer_step(epoch, batch_idx, optimizer, lambda: result)
+
+    def query_trajectory(self, batch: TaskBatch, at: set[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+        """``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in ``at``
+        (default ``0..eval_inner_steps``), without an outer graph: evaluation without logging."""
+        batch, task_type = self.prepare_batch(batch)
+        return self._trajectory(batch, task_type, set(range(self.eval_inner_steps + 1)) if at is None else at)
+
+    def adaptation(self, task_loss: TaskLoss, theta: Params, x: Tensor, y: Tensor, steps: int
+                   ) -> Iterator[tuple[int, Params]]:
+        """``(k, phi_k)``, ``k = 0..steps``: how evaluation adapts one task (no outer graph). Here: SGD at the inner
+        learning rates; Reptile and iMAML adapt with their own inner optimizers."""
+        return adaptation_trajectory(task_loss, theta, self.adapted, x, y, self.inner_lrs.detach(), steps,
+                                     loss_scale=self._loss_scale())
+
+    def _trajectory(self, batch: TaskBatch, task_type: str, at: set[int]) -> dict[int, tuple[Tensor, Tensor]]:
+        task_loss, theta = self._task_loss(task_type), self._theta(detach=True)
+        with grad_enabled():
+            return query_trajectory(task_loss, theta, usable(batch), self.inner_lrs.detach(), self.eval_inner_steps,
+                                    adapted=self.adapted, at=at, loss_scale=self._loss_scale(),
+                                    adaptation=lambda x, y, steps: self.adaptation(task_loss, theta, x, y, steps))
+
+    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        """Query metrics after ``eval_inner_steps`` (and 0: pre-adaptation), or after every step for the curve."""
+        batch, task_type = self.prepare_batch(batch)
+        steps = self.eval_inner_steps
+        at = set(range(steps + 1)) if self.adaptation_curve else {0, steps} if self.pre_adaptation_metrics else {steps}
+        curve = {k: (loss, self.episode_score(task_type, out, batch.query_y))
+                 for k, (loss, out) in self._trajectory(batch, task_type, at).items()}
+        self.update_eval(stage, "loss", curve[steps][0])
+        self.update_eval(stage, "score", curve[steps][1])
+        if 0 in curve:
+            self.update_eval(stage, "pre_loss", curve[0][0])
+            self.update_eval(stage, "pre_score", curve[0][1])
+        if self.adaptation_curve:
+            self.update_curve(stage, [curve[k][0] for k in range(steps + 1)], [curve[k][1] for k in range(steps + 1)])
+
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        """Query predictions ``[T, M, ...]`` after ``eval_inner_steps`` of adaptation."""
+        batch, task_type = self.prepare_batch(batch)
+        return self._trajectory(batch, task_type, {self.eval_inner_steps})[self.eval_inner_steps][1]
+
+    def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
+        """The adapted parameters ``phi`` for one task's support set (no outer graph)."""
+        steps = self.eval_inner_steps if steps is None else steps
+        task_loss = self._task_loss(self.task_type_of(support_y))
+        with grad_enabled():
+            x, y = self._image_layout(usable(support_x)), usable(support_y)
+            *_, (_, phi) = self.adaptation(task_loss, self._theta(detach=True), x, y, steps)
+        return {n: p.detach() for n, p in phi.items()}
+
+    def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
+        """The backbone's output with ``params`` (e.g. from ``adapted_params``), or with ``theta``."""
+        x = self._image_layout(x)
+        return self.model(x) if params is None else functional_call(self.model, params, (x,))
+
+    def _image_layout(self, x: Tensor) -> Tensor:
+        """One task's images ``[M, C, H, W]`` in channels-last strides, if enabled."""
+        return channels_last_tasks(x[None])[0] if self.channels_last and x.dim() == 4 else x

@@ -1,0 +1,120 @@
+"""Prototypical Networks as a LightningModule: an embedding network and the prototype classifier."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.layout import channels_last_batch
+from lightning_meta.functional.objective import MetaObjective
+from lightning_meta.functional.prototypes import prototypical_logits
+
+
+class ProtoNet(MetaLearner):
+    """Prototypical Networks (Snell et al., 2017): ``c_k`` is the mean embedding of class ``k``'s support
+    examples, and a query's logits are ``-||f(x) - c_k||^2``; trained by cross-entropy on the queries. No inner
+    loop: adapting to a task is computing its prototypes.
+
+    Classification only: regression tasks are refused with a clear error. Any number of ways and shots works,
+    and training may use more ways than evaluation (the paper trains Omniglot 5-way models on 60-way tasks:
+    ``train_ways`` on the task source). The math is
+    [prototypical_logits][lightning_meta.functional.prototypical_logits].
+
+    Args:
+        encoder: the embedding network ``f``, e.g. ``Conv4(embed_only=True)``; its output is flattened to
+            ``[examples, D]``.
+        channels_last: image inputs and conv weights in channels-last memory order.
+        task_type: ``"auto"`` or ``"classification"`` (``"regression"`` is refused).
+        optimizer: the optimizer, a callable ``params -> Optimizer`` (default Adam, lr 1e-3); see
+            [MetaLearner][lightning_meta.MetaLearner].
+        lr_scheduler: an optional callable ``optimizer -> LR scheduler`` (the paper halves the lr every 2000
+            episodes: ``StepLR(step_size=2000, gamma=0.5)`` with ``lr_scheduler_interval="step"``).
+        lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
+
+    Examples:
+        >>> import torch
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.models import Conv4
+        >>> model = ProtoNet(Conv4(embed_only=True, hidden=8))
+        >>> batch = TaskBatch(torch.rand(2, 5, 1, 28, 28), torch.arange(5).repeat(2, 1),
+        ...                   torch.rand(2, 10, 1, 28, 28), torch.arange(5).repeat(2, 2))
+        >>> model.objective(batch).query_outputs.shape  # logits of 10 queries over 5 prototypes, per task
+        torch.Size([2, 10, 5])
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        channels_last: bool = True,
+        task_type: Literal["auto", "classification"] = "auto",
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ) -> None:
+        if task_type == "regression":
+            raise ValueError(_REGRESSION)
+        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
+        self.encoder, self.channels_last = encoder, channels_last
+        if channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
+
+    def layout(self, batch: TaskBatch) -> TaskBatch:
+        return channels_last_batch(batch) if self.channels_last else batch
+
+    def check_output_width(self, batch: TaskBatch, task_type: str) -> None:
+        if task_type != "classification":
+            raise ValueError(_REGRESSION)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Embeddings ``[T, M, D]`` of inputs ``[T, M, ...]`` (one encoder call for the whole meta-batch)."""
+        t, m = x.shape[:2]
+        return self.encoder(x.flatten(0, 1)).reshape(t, m, -1)
+
+    def logits(self, batch: TaskBatch) -> Tensor:
+        """Query logits ``[T, Q, ways]``; ``ways`` is read from the support labels ``0..ways-1``."""
+        ways = int(batch.support_y.max()) + 1
+        s = batch.support_x.shape[1]
+        embeddings = self.embed(torch.cat([batch.support_x, batch.query_x], 1))
+        return prototypical_logits(embeddings[:, :s], batch.support_y, embeddings[:, s:], ways)
+
+    def objective(self, batch: TaskBatch) -> MetaObjective:
+        """Like [MAML.objective][lightning_meta.MAML.objective]: ``loss.backward()`` is the training gradient;
+        ``query_outputs`` are the logits; no inner loop (``inner_losses`` is ``[T, 0]``)."""
+        batch, _ = self.prepare_batch(batch)
+        logits = self.logits(batch)
+        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 kept
+        losses = F.cross_entropy(wide.flatten(0, 1), batch.query_y.flatten(), reduction="none")
+        losses = losses.view(batch.query_y.shape).mean(1)
+        return MetaObjective(losses.mean(), losses.detach(), logits.detach(), losses.new_zeros(len(losses), 0))
+
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        objective = self.objective(batch)
+        self.raise_if_nonfinite(objective.loss)
+        score = self.episode_score("classification", objective.query_outputs, batch.query_y)
+        self.log_train("classification", objective.query_losses.mean(), score, batch.num_tasks)
+        return objective.loss
+
+    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        objective = self.objective(batch)
+        self.update_eval(stage, "loss", objective.query_losses)
+        self.update_eval(stage, "score", self.episode_score("classification", objective.query_outputs, batch.query_y))
+
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        """Query logits ``[T, Q, ways]``."""
+        return self.objective(batch).query_outputs
+
+
+_REGRESSION = ("ProtoNet classifies: regression tasks (float targets, e.g. SinusoidTasks) have no classes to "
+               "average into prototypes; use MAML or BlackBoxAdaptation for regression")

@@ -109,6 +109,18 @@ def test_maml_two_ranks_equal_one_device_for_every_meta_gradient(tmp_path):
     assert_ranks_equal_oracle(tmp_path, "blackbox", Oracle("blackbox"), curves=False)
 
 
+def test_reptile_imaml_and_protonet_two_ranks_equal_one_device(tmp_path):
+    """``ddp``, strict, as for MAML: the meta-gradients these learners hand to Lightning as gradients are averaged
+    over the ranks' tasks like MAML's, and their synced metrics and curves equal one device's."""
+    run_script("ddp_learners.py", str(tmp_path), "ddp", "reptile,imaml,protonet", timeout=600)
+    for learner in ("reptile", "imaml", "protonet"):
+        oracle = Oracle(learner)
+        initial = build(learner, 8)[0].state_dict()
+        moved = max(float((v - initial[k]).abs().max()) for k, v in oracle.state.items())
+        assert moved > 1e-3, f"{learner} barely trained ({moved:g}): the comparison would prove little"
+        assert_ranks_equal_oracle(tmp_path, learner, oracle, curves=learner != "protonet")
+
+
 def run_spawn_phase(out: Path, phase: str) -> str:
     """One ``ddp_spawn`` launch of ``phase``: exit 0, or only the upstream SIGABRT of a rank at interpreter exit.
 

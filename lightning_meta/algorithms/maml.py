@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import LRSchedulerCallable, OptimizerCallable
 from lightning_meta.algorithms.inner_loop import FP16_INNER_LOSS_SCALE, InnerLoopLearner
-from lightning_meta.checks import check_choice
+from lightning_meta.checks import check_choice, check_positive
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
-from lightning_meta.functional import META_GRADIENTS, MetaGradient, MetaObjective, meta_objective
+from lightning_meta.functional import (
+    META_GRADIENTS,
+    MetaGradient,
+    MetaObjective,
+    meta_objective,
+    multi_step_loss_weights,
+)
 from lightning_meta.models.norm import transductive_batch_norm
 
 __all__ = ["FP16_INNER_LOSS_SCALE", "MAML"]
@@ -38,6 +44,13 @@ class MAML(InnerLoopLearner):
         hvp_method: ``"autograd"`` (double backward) or ``"finite_difference"`` (for layers without one).
         learn_inner_lr: ``"off"``, ``"per_tensor"`` (Meta-SGD style, one rate per adapted tensor) or
             ``"per_step"`` (MAML++ LSLR: one per tensor and step).
+        multi_step_loss: MAML++'s MSL: for the first ``multi_step_loss_epochs`` epochs the outer loss is the
+            weighted sum of the query losses after every inner step, the weights annealed from uniform towards
+            the last step ([multi_step_loss_weights][lightning_meta.functional.multi_step_loss_weights]);
+            afterwards the last step's loss alone. Not with ``"hvp"``.
+        multi_step_loss_epochs: the epochs over which MSL anneals (the paper: 10 to 15).
+        first_order_epochs: MAML++'s derivative-order annealing: ``"first_order"`` for the first
+            ``first_order_epochs`` epochs, then ``meta_gradient`` (0: from the start).
         adapt: what the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module) or
             ``fnmatch`` patterns over parameter names.
         batch_norm: ``"transductive"`` (batch statistics in every forward, no running statistics: the MAML
@@ -82,6 +95,9 @@ class MAML(InnerLoopLearner):
         meta_gradient: MetaGradient = "second_order",
         hvp_method: Literal["autograd", "finite_difference"] = "autograd",
         learn_inner_lr: Literal["off", "per_tensor", "per_step"] = "off",
+        multi_step_loss: bool = False,
+        multi_step_loss_epochs: int = 10,
+        first_order_epochs: int = 0,
         adapt: str | list[str] = "all",
         batch_norm: Literal["transductive", "none"] = "transductive",
         vectorize: bool = False,
@@ -104,7 +120,14 @@ class MAML(InnerLoopLearner):
         if vectorize and meta_gradient == "hvp":
             raise ValueError("vectorize=True does not apply to meta_gradient='hvp' (its reverse recurrence runs per "
                              "task); use vectorize=False with 'hvp', or 'second_order'/'first_order' with vmap")
+        check_positive("multi_step_loss_epochs", multi_step_loss_epochs)
+        check_positive("first_order_epochs", first_order_epochs, 0)
+        if multi_step_loss and meta_gradient == "hvp":
+            raise ValueError("multi_step_loss needs meta_gradient 'second_order' or 'first_order' (the HVP recurrence "
+                             "differentiates the last step's query loss only)")
         self.meta_gradient, self.hvp_method, self.vectorize = meta_gradient, hvp_method, vectorize
+        self.multi_step_loss, self.multi_step_loss_epochs = multi_step_loss, multi_step_loss_epochs
+        self.first_order_epochs = first_order_epochs
         if vectorize and self.batch_norm_layers:  # plain-op BatchNorm: its double backward is right under vmap
             self.batch_norm_layers = transductive_batch_norm(self.model, elementary=True)
         if learn_inner_lr != "off":
@@ -112,11 +135,22 @@ class MAML(InnerLoopLearner):
             self.inner_lrs = nn.Parameter(self._buffers.pop("inner_lrs").expand(rows, -1).clone())
 
     # ------------------------------------------------------------ Lightning
-    def objective(self, batch: TaskBatch) -> MetaObjective:
-        """The meta-objective of ``batch`` under this configuration, without logging or non-finite checks:
-        ``objective(batch).loss.backward()`` is one meta-gradient (what ``training_step`` returns)."""
+    def schedule(self, epoch: int) -> tuple[MetaGradient, Tensor | None]:
+        """``(meta-gradient mode, multi-step loss weights or None)`` at ``epoch``: MAML++'s annealing."""
+        mode = "first_order" if epoch < self.first_order_epochs else self.meta_gradient
+        if not self.multi_step_loss or epoch >= self.multi_step_loss_epochs:
+            return mode, None
+        return mode, multi_step_loss_weights(self.inner_steps, epoch, self.multi_step_loss_epochs)
+
+    def objective(self, batch: TaskBatch, epoch: int | None = None) -> MetaObjective:
+        """The meta-objective of ``batch`` under this configuration at ``epoch`` (default: the trainer's), without
+        logging or non-finite checks: ``objective(batch).loss.backward()`` is one meta-gradient (what
+        ``training_step`` returns)."""
         batch, task_type = self.prepare_batch(batch)
+        mode, weights = self.schedule(self.current_epoch if epoch is None else epoch)
+        if weights is not None:
+            weights = weights.to(self.inner_lrs)
         return meta_objective(
             self._task_loss(task_type), self._theta(detach=False), batch, self.inner_lrs, self.inner_steps,
-            self.meta_gradient, adapted=self.adapted, vectorize=self.vectorize, hvp_method=self.hvp_method,
-            loss_scale=self._loss_scale())
+            mode, adapted=self.adapted, vectorize=self.vectorize, hvp_method=self.hvp_method,
+            loss_scale=self._loss_scale(), step_weights=weights)

@@ -72,9 +72,9 @@ class ProtoNet(MetaLearner):
             raise ValueError(_REGRESSION)
 
     def embed(self, x: Tensor) -> Tensor:
-        """Embeddings ``[T, M, D]`` of inputs ``[T, M, ...]`` (one encoder call for the whole meta-batch)."""
-        t, m = x.shape[:2]
-        return self.encoder(x.flatten(0, 1)).reshape(t, m, -1)
+        """Embeddings ``[T, M, D]`` of inputs ``[T, M, ...]``, one encoder call per task: a task's embeddings (and
+        its BatchNorm batch statistics in training) do not depend on the other tasks of the meta-batch."""
+        return torch.stack([self.encoder(task).flatten(1) for task in x])
 
     def logits(self, batch: TaskBatch) -> Tensor:
         """Query logits ``[T, Q, ways]``; ``ways`` is read from the support labels ``0..ways-1``."""

@@ -29,6 +29,7 @@ from lightning_meta.functional.objective import (
     MetaGradient,
     MetaObjective,
     meta_objective,
+    multi_step_loss_weights,
     query_trajectory,
     task_objective,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "lr_rows",
     "meta_gradient_hvp",
     "meta_objective",
+    "multi_step_loss_weights",
     "query_trajectory",
     "scaled_grad",
     "select_adapted",

@@ -28,7 +28,15 @@ from torch.func import vmap
 
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.functional.hvp import HvpMethod, meta_gradient_hvp
-from lightning_meta.functional.inner_loop import Params, TaskLoss, adapt, adaptation_trajectory, lr_rows
+from lightning_meta.functional.inner_loop import (
+    Params,
+    TaskLoss,
+    adapt,
+    adaptation_trajectory,
+    inner_step,
+    lr_rows,
+    step_row,
+)
 
 MetaGradient = Literal["second_order", "first_order", "hvp"]
 #: ``(support_x, support_y, steps) -> iterator of (k, phi_k)``, ``k = 0..steps``: one task's evaluation adaptation
@@ -62,15 +70,46 @@ def task_objective(
     first_order: bool = False,
     loss_scale: float = 1.0,
     functional: bool = False,
+    step_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One task: adapt on ``support`` for ``steps`` steps, then ``(query loss, query output, inner losses)``.
 
-    Second-order unless ``first_order``; ``functional=True`` is the form ``vmap`` can map over tasks.
+    Second-order unless ``first_order``; ``functional=True`` is the form ``vmap`` can map over tasks. With
+    ``step_weights`` (``[steps]``, MAML++'s multi-step loss) the loss is ``sum_k w_k * query loss after step k``
+    instead of the last step's alone; the output is still the last step's.
     """
-    fast, inner = adapt(task_loss, params, names, *support, lrs, steps, create_graph=not first_order,
-                        first_order=first_order, loss_scale=loss_scale, functional=functional)
-    q_loss, q_out = task_loss(fast, *query)
-    return q_loss, q_out, inner
+    if step_weights is None:
+        fast, inner = adapt(task_loss, params, names, *support, lrs, steps, create_graph=not first_order,
+                            first_order=first_order, loss_scale=loss_scale, functional=functional)
+        q_loss, q_out = task_loss(fast, *query)
+        return q_loss, q_out, inner
+    fast, inner_losses, weighted = dict(params), [], 0.0
+    for k in range(steps):
+        fast, loss, _ = inner_step(task_loss, fast, names, *support, lrs[step_row(lrs, k)],
+                                   create_graph=not first_order, first_order=first_order, loss_scale=loss_scale,
+                                   functional=functional)
+        inner_losses.append(loss.detach())
+        q_loss, q_out = task_loss(fast, *query)
+        weighted = weighted + step_weights[k] * q_loss
+    return weighted, q_out, torch.stack(inner_losses)
+
+
+def multi_step_loss_weights(steps: int, epoch: int, anneal_epochs: int) -> Tensor:
+    """MAML++'s per-step query-loss weights at ``epoch`` (Antoniou et al., 2019): uniform ``1/steps`` at epoch 0;
+    every non-final weight then decays by ``epoch / (steps * anneal_epochs)`` down to ``0.03 / steps``, and the
+    final one grows by the same total, up to ``1 - 0.03 (steps - 1) / steps``.
+
+    Examples:
+        >>> multi_step_loss_weights(4, 0, 10).tolist()
+        [0.25, 0.25, 0.25, 0.25]
+        >>> [round(w, 4) for w in multi_step_loss_weights(4, 10, 10).tolist()]
+        [0.0075, 0.0075, 0.0075, 0.9775]
+    """
+    decay = epoch / steps / anneal_epochs
+    weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    weights[:-1] = (weights[:-1] - decay).clamp_min(0.03 / steps)
+    weights[-1] = min(float(weights[-1]) + (steps - 1) * decay, 1.0 - (steps - 1) * 0.03 / steps)
+    return weights  # float64: cast to the model's dtype where used
 
 
 def meta_objective(
@@ -85,6 +124,7 @@ def meta_objective(
     vectorize: bool = False,
     hvp_method: HvpMethod = "autograd",
     loss_scale: float = 1.0,
+    step_weights: Tensor | None = None,
 ) -> MetaObjective:
     """The meta-objective of ``batch`` with ``params`` as ``theta``; ``loss.backward()`` gives the meta-gradient.
 
@@ -95,7 +135,10 @@ def meta_objective(
     float or a ``[rows, len(adapted)]`` tensor (a parameter when learned: it then gets a gradient too);
     ``vectorize`` maps [task_objective][lightning_meta.functional.task_objective] over the tasks with
     ``torch.func.vmap`` (not with ``"hvp"``);
-    ``loss_scale`` multiplies the support loss before each inner gradient and divides the gradient back.
+    ``loss_scale`` multiplies the support loss before each inner gradient and divides the gradient back;
+    ``step_weights`` (``[steps]``, not with ``"hvp"``) makes the objective MAML++'s multi-step loss
+    (``query_losses`` are then each task's weighted sum; see
+    [multi_step_loss_weights][lightning_meta.functional.multi_step_loss_weights]).
 
     Examples:
         >>> from lightning_meta import SinusoidTasks
@@ -113,21 +156,26 @@ def meta_objective(
         raise ValueError(f"mode must be one of {list(META_GRADIENTS)}, got {mode!r}")
     names = list(params) if adapted is None else list(adapted)
     lrs = lr_rows(inner_lrs, names, next(iter(params.values())))
+    if step_weights is not None and len(step_weights) != steps:
+        raise ValueError(f"step_weights has {len(step_weights)} entries; it needs one per inner step ({steps})")
     if mode == "hvp":
         if vectorize:
             raise ValueError("vectorize=True does not apply to mode='hvp' (its recurrence runs per task)")
+        if step_weights is not None:
+            raise ValueError("step_weights (the multi-step loss) needs mode 'second_order' or 'first_order', not 'hvp'")
         return _hvp_objective(task_loss, params, names, lrs, batch, steps, hvp_method, loss_scale)
     first_order = mode == "first_order"
     if vectorize:
         def one(params: Params, lrs: Tensor, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor):
             return task_objective(task_loss, params, names, lrs, (xs, ys), (xq, yq), steps,
-                                  first_order=first_order, loss_scale=loss_scale, functional=True)
+                                  first_order=first_order, loss_scale=loss_scale, functional=True,
+                                  step_weights=step_weights)
 
         q_losses, q_outs, inner = vmap(one, in_dims=(None, None, 0, 0, 0, 0), randomness="same")(params, lrs, *batch)
     else:
         results = [task_objective(task_loss, params, names, lrs, (batch.support_x[t], batch.support_y[t]),
                                   (batch.query_x[t], batch.query_y[t]), steps, first_order=first_order,
-                                  loss_scale=loss_scale)
+                                  loss_scale=loss_scale, step_weights=step_weights)
                    for t in range(batch.num_tasks)]
         q_losses, q_outs, inner = (torch.stack(parts) for parts in zip(*results))
     return MetaObjective(q_losses.mean(), q_losses.detach(), q_outs.detach(), inner.detach())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -20,8 +21,10 @@ import torch
 from blackbox_job import build as build_blackbox
 from maml_job import build as build_maml
 from maml_job import trainer
+from torch.utils.data import TensorDataset
 
-from lightning_meta import EpisodicDataModule, SinusoidTasks
+from lightning_meta import IMAML, ClassificationTasks, EpisodicDataModule, ProtoNet, Reptile, SinusoidTasks
+from lightning_meta.models import MLP, Conv4
 
 #: odd numbers of episodes in meta-batches of 10, so that the two ranks' shards differ in size and in number
 #: of batches: val 41 -> rank 0 has 21 episodes (3 batches), rank 1 has 20 (2 batches); test 21 -> rank 0 has
@@ -35,14 +38,40 @@ def build(learner: str, meta_batch: int, mode: str = "second_order"):
     """``(model, datamodule)`` for ``learner`` ``"maml"`` (meta-gradient ``mode``, adaptation curve on) or
     ``"blackbox"``: the initial weights and the sinusoid task stream (seed 3) of ``maml_job``/``blackbox_job``,
     with the odd val/test sets above; the same whatever the world size."""
+    tasks = SinusoidTasks(shots=5, queries=5)
     if learner == "maml":
         model, _ = build_maml(meta_batch, mode, adaptation_curve=True, eval_inner_steps=CURVE_STEPS)
-    else:
+    elif learner == "blackbox":
         model, _ = build_blackbox(meta_batch)
-    dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch,
-                            train_episodes_per_epoch=1000, val_episodes=VAL_EPISODES, test_episodes=TEST_EPISODES,
+    else:
+        model, tasks = build_other(learner)
+    dm = EpisodicDataModule(tasks, meta_batch_size=meta_batch, train_episodes_per_epoch=1000,
+                            val_episodes=VAL_EPISODES, test_episodes=TEST_EPISODES,
                             eval_meta_batch_size=EVAL_META_BATCH, seed=3)
     return model, dm
+
+
+def build_other(learner: str):
+    """``(model, task source)`` of the ``"reptile"``, ``"imaml"`` and ``"protonet"`` jobs (SGD outer steps)."""
+    torch.manual_seed(0)
+    sgd = partial(torch.optim.SGD, lr=0.05)
+    curve = {"eval_inner_steps": CURVE_STEPS, "adaptation_curve": True, "optimizer": sgd}
+    if learner == "reptile":
+        return Reptile(MLP(hidden=(16, 16)), inner_lr=0.01, inner_steps=2, **curve), SinusoidTasks(shots=5, queries=5)
+    if learner == "imaml":
+        model = IMAML(MLP(hidden=(16, 16), activation="tanh"), inner_lr=0.02, inner_steps=3, lam=1.0, cg_steps=2,
+                      **curve)
+        return model, SinusoidTasks(shots=5, queries=5)
+    if learner == "protonet":
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(40, 1, 16, 16, generator=g).repeat_interleave(6, 0) + 0.3 * torch.rand(240, 1, 16, 16,
+                                                                                             generator=g)
+        tasks = ClassificationTasks(TensorDataset(x, torch.arange(40).repeat_interleave(6)), ways=3, shots=1,
+                                    queries=2, split_fractions=(0.5, 0.25, 0.25))
+        # no BatchNorm: running statistics are per rank under DDP (SyncBatchNorm is the Lightning way to share them)
+        encoder = Conv4(embed_only=True, hidden=8, image_size=16, batch_norm=False)
+        return ProtoNet(encoder, optimizer=partial(torch.optim.SGD, lr=20.0)), tasks  # its gradients are ~1e-4
+    raise ValueError(f"unknown learner {learner!r}")
 
 
 def fit_trainer(steps: int = STEPS, **kwargs) -> pl.Trainer:

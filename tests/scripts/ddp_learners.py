@@ -4,7 +4,8 @@ meta-batch 4 per rank (validating after the last step), then test. Every rank wr
 
 usage: ddp_learners.py OUT_DIR STRATEGY JOBS [PHASES]
 
-JOBS: comma-separated ``maml:second_order``, ``maml:first_order``, ``maml:hvp``, ``blackbox``.
+JOBS: comma-separated ``maml:second_order``, ``maml:first_order``, ``maml:hvp``, ``blackbox``, ``reptile``,
+``imaml``, ``protonet``.
 PHASES: ``fit,test`` (default), ``fit`` or ``test``; ``test`` alone loads the weights a ``fit`` launch wrote
 (one trainer call per launch: under ``ddp_spawn`` every call spawns its own ranks).
 """

@@ -13,7 +13,8 @@ the median per contender is reported:
 * learn2learn again with our channels-last layout (model and inputs), so that the layout's share of the
   ratios shows; and the compute floors: the query forward + backward through per-task weights alone
   (training) and the query forward alone (evaluation), which any MAML step must do on top of its inner loop.
-* memory added by one training step at 1, 5, 10 inner steps, second_order vs hvp, each in a fresh process
+* memory added by one training step at 1, 5, 10 inner steps, second_order vs hvp, and implicit MAML (``IMAML``,
+  5 CG steps) at 5, 20, 50 inner steps, each in a fresh process
   (CUDA: ``max_memory_allocated`` after a reset; CPU: peak RSS during the step minus RSS before it).
 
 Prints tables and saves ``benchmarks/results/maml.json``.
@@ -33,7 +34,7 @@ import torch
 from common import omniglot_root, save
 from torch.func import functional_call
 
-from lightning_meta import MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
+from lightning_meta import IMAML, MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
 from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.models import Conv4
 
@@ -185,7 +186,10 @@ def memory_child(mode: str, steps: int) -> None:
     x = torch.rand(META_BATCH, WAYS * (SHOTS + QUERIES), 1, 28, 28, device=DEVICE)
     y = torch.arange(WAYS, device=DEVICE).repeat(META_BATCH, SHOTS + QUERIES)
     batch = TaskBatch(x[:, : WAYS * SHOTS], y[:, : WAYS * SHOTS], x[:, WAYS * SHOTS :], y[:, WAYS * SHOTS :])
-    maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, inner_steps=steps, meta_gradient=mode).to(DEVICE)
+    if mode == "imaml":  # implicit MAML: no unrolled graph, so memory should not grow with the inner steps
+        maml = IMAML(Conv4(out_features=WAYS), inner_lr=0.1, inner_steps=steps, lam=2.0, cg_steps=5).to(DEVICE)
+    else:
+        maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, inner_steps=steps, meta_gradient=mode).to(DEVICE)
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -210,8 +214,8 @@ def rss_kib(field: str) -> int:
 
 def memory_table() -> list[dict]:
     rows = []
-    for mode in ("second_order", "hvp"):
-        for steps in (1, 5, 10):
+    for mode, counts in (("second_order", (1, 5, 10)), ("hvp", (1, 5, 10)), ("imaml", (5, 20, 50))):
+        for steps in counts:
             out = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(steps)],
                                  capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -8,6 +8,8 @@
   2-core CPU machine) and evaluates them with ``query_trajectory``.
 * ``maml_memory.png``: the memory one training step adds against inner steps, from
   ``benchmarks/results/maml.json`` (written by ``benchmarks/maml.py``).
+* ``learners.png``: test accuracy against training time for every learner at an equal budget, from
+  ``benchmarks/results/learners.json`` (written by ``benchmarks/learners.py``).
 * ``omniglot_episode.png``: one 5-way 1-shot test episode as ``EpisodicDataModule`` yields it (a
   ``TaskBatch``), support and query images, from a local Omniglot copy (skipped, with a message, without one).
 """
@@ -105,22 +107,47 @@ def memory() -> None:
     results = json.loads((ROOT / "benchmarks" / "results" / "maml.json").read_text())
     rows = results["memory"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for mode, marker in (("second_order", "o"), ("hvp", "s")):
+    labels = {"second_order": 'MAML, meta_gradient="second_order"', "hvp": 'MAML, meta_gradient="hvp"',
+              "imaml": "IMAML (5 CG steps)"}
+    for mode, marker in (("second_order", "o"), ("hvp", "s"), ("imaml", "^")):
         points = sorted((r["steps"], r["added_bytes"] / 2**20) for r in rows if r["mode"] == mode)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=f'meta_gradient="{mode}"')
+        if not points:
+            continue
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=labels[mode])
         for steps, mib in points:
             ax.annotate(f"{mib:.0f}", (steps, mib), textcoords="offset points", xytext=(0, 6), ha="center",
                         fontsize=8)
     setting = results["setting"]
     ax.set_xlabel("inner steps")
     ax.set_ylabel("memory one training step adds (MiB)")
-    ax.set_title(f"MAML, Conv-4, Omniglot {setting['ways']}-way {setting['shots']}-shot, "
+    ax.set_title(f"Conv-4, Omniglot {setting['ways']}-way {setting['shots']}-shot, "
                  f"meta-batch {setting['meta_batch']} (CPU)", fontsize=10)
     ax.set_xticks(sorted({r["steps"] for r in rows}))
     ax.set_ylim(0, 1.12 * max(r["added_bytes"] / 2**20 for r in rows))
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, "maml_memory.png")
+
+
+def learners_over_time() -> None:
+    path = ROOT / "benchmarks" / "results" / "learners.json"
+    if not path.exists():
+        print("skipped learners.png: run benchmarks/learners.py first")
+        return
+    results = json.loads(path.read_text())
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (name, r), marker in zip(results["results"].items(), "os^vD<>ph*"):
+        curve = r["curve"]
+        ax.plot([p["seconds"] for p in curve], [100 * p["acc"] for p in curve], marker=marker, label=name)
+    ax.axhline(20, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlabel("training time (s, this machine's CPU; scoring time not counted)")
+    ax.set_ylabel("test accuracy (%), 200 fixed episodes")
+    ax.set_title(f"{results['setting']}: equal wall-clock budget ({results['budget_seconds']:.0f} s each)",
+                 fontsize=10)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, "learners.png")
 
 
 def episode(omniglot: Path, ways: int = 5, shots: int = 1, queries_shown: int = 2) -> None:
@@ -156,7 +183,8 @@ def episode(omniglot: Path, ways: int = 5, shots: int = 1, queries_shown: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--omniglot", type=Path, default=ROOT.parent / "shared" / "data" / "omniglot")
-    parser.add_argument("--only", default="curve,memory,episode", help="comma-separated: curve, memory, episode")
+    parser.add_argument("--only", default="curve,memory,episode,learners",
+                        help="comma-separated: curve, memory, episode, learners")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     torch.set_num_threads(1)  # small tensors: threads only add overhead (and the numbers stay the same anywhere)
@@ -164,6 +192,8 @@ def main() -> None:
         memory()
     if "episode" in wanted:
         episode(args.omniglot)
+    if "learners" in wanted:
+        learners_over_time()
     if "curve" in wanted:
         adaptation_curve()
 

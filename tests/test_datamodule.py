@@ -24,12 +24,23 @@ def make_dm(**kw):
     return dm
 
 
-def test_eval_episodes_identical_across_workers():
-    a, b = make_dm(num_workers=0), make_dm(num_workers=2)
+@pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
+def test_eval_episodes_identical_across_workers(start_method):
+    a, b = make_dm(num_workers=0), make_dm(num_workers=2, worker_start_method=start_method)
     assert all_tasks(a.val_dataloader()) == all_tasks(b.val_dataloader())
     assert all_tasks(a.test_dataloader()) == all_tasks(b.test_dataloader())
     assert all_tasks(a.train_dataloader()) == all_tasks(b.train_dataloader())
     assert len(all_tasks(a.val_dataloader())) == 7 and len(all_tasks(a.test_dataloader())) == 9
+
+
+def test_workers_start_by_forkserver_by_default():
+    """A fork from a process with other threads can deadlock the worker (python/cpython#112275; docs/howto/ddp.md):
+    the default start method is forkserver, and the loader's workers really are started by it."""
+    dm = make_dm(num_workers=2)
+    loader = dm.train_dataloader()
+    assert dm.worker_start_method == "forkserver"
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert make_dm(num_workers=0).train_dataloader().multiprocessing_context is None  # no workers, no context
 
 
 def test_eval_episodes_fixed_by_seed_and_batching():
@@ -101,6 +112,8 @@ def test_resume_with_another_seed_is_refused():
     (dict(meta_batch_size=0), "meta_batch_size must be an integer >= 1, got 0"),
     (dict(val_episodes=-1), "val_episodes must be an integer >= 0, got -1"),
     (dict(num_workers=-2), "num_workers must be an integer >= 0, got -2"),
+    (dict(worker_start_method="thread"), r"worker_start_method must be one of \[.*'forkserver'.*\] on this "
+                                         "platform, got 'thread'"),
 ])
 def test_bad_datamodule_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

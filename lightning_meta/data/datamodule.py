@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import multiprocessing
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,6 +24,12 @@ class EpisodicDataModule(pl.LightningDataModule):
       alone, identical for any ``num_workers`` and any DDP world size (ranks evaluate disjoint shards
       whose union is the set), in meta-batches of ``eval_meta_batch_size`` (default ``meta_batch_size``).
     * ``state_dict`` records the epoch and the batches done in it, so a resumed run continues the stream.
+    * Workers (``num_workers > 0``) start by ``worker_start_method``: ``"forkserver"`` by default where the
+      platform has it. A plain ``fork`` from a process with other threads (DDP's gloo threads, a W&B run, a
+      previous loader's feeder threads) can leave the worker deadlocked at birth: CPython before 3.11.10 and
+      3.12.1 copies a runtime lock another thread holds (python/cpython#112275); measured here as a hung 2-rank
+      run with workers. ``"fork"`` remains available (e.g. for task sources defined in a notebook, which a
+      forkserver worker cannot import); tensors reach forkserver workers through shared memory, not copies.
 
     Examples:
         >>> from lightning_meta.data import SinusoidTasks
@@ -45,6 +52,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        worker_start_method: Literal["forkserver", "spawn", "fork"] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(tasks, TaskSource):
@@ -54,6 +62,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         check_positive("val_episodes", val_episodes, 0)
         check_positive("test_episodes", test_episodes, 0)
         check_positive("num_workers", num_workers, 0)
+        methods = multiprocessing.get_all_start_methods()
+        if worker_start_method is not None and worker_start_method not in methods:
+            raise ValueError(f"worker_start_method must be one of {methods} on this platform, got "
+                             f"{worker_start_method!r}")
         if eval_meta_batch_size is not None:
             check_positive("eval_meta_batch_size", eval_meta_batch_size)
         self.tasks = tasks
@@ -62,6 +74,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.train_episodes_per_epoch = train_episodes_per_epoch
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
+        default = "forkserver" if "forkserver" in methods else None  # None: the platform's default (spawn)
+        self.worker_start_method = worker_start_method or default
         self._resume: tuple[int, int] | None = None
         self.save_hyperparameters(ignore=["tasks"])
 
@@ -96,6 +110,7 @@ class EpisodicDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=self.worker_start_method if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

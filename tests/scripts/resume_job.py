@@ -44,7 +44,8 @@ def build(learner: str, devices: int):
     meta_batch = 4
     dm = EpisodicDataModule(SinusoidTasks(shots=5, queries=5), meta_batch_size=meta_batch,
                             train_episodes_per_epoch=BATCHES_PER_EPOCH * meta_batch * devices, val_episodes=6,
-                            test_episodes=0, eval_meta_batch_size=3, num_workers=ARGS.workers, seed=5)
+                            test_episodes=0, eval_meta_batch_size=3, num_workers=ARGS.workers, seed=5,
+                            worker_start_method=os.environ.get("LIGHTNING_META_WORKER_START"))  # stress_workers.sh
     return model, dm
 
 

@@ -55,6 +55,23 @@ class InnerLoopLearner(MetaLearner):
             [MetaLearner][lightning_meta.MetaLearner].
         lr_scheduler: an optional callable ``optimizer -> LR scheduler``.
         lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
+
+    Examples:
+        A first-order learner in a few lines: adapt each task by SGD, take the query gradient at ``phi_K``.
+
+        >>> import torch
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.functional import MetaObjective, meta_objective
+        >>> from lightning_meta.models import MLP
+        >>> class FirstOrder(InnerLoopLearner):
+        ...     def objective(self, batch):
+        ...         batch, task_type = self.prepare_batch(batch)
+        ...         return meta_objective(self._task_loss(task_type), self._theta(detach=False), batch,
+        ...                               self.inner_lrs, self.inner_steps, "first_order", adapted=self.adapted)
+        >>> learner = FirstOrder(MLP(), inner_lr=0.01)
+        >>> batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(2)])
+        >>> learner.objective(batch).query_losses.shape
+        torch.Size([2])
     """
 
     def __init__(

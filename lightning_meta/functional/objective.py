@@ -50,6 +50,16 @@ class MetaObjective(NamedTuple):
     ``loss``: scalar whose ``.backward()`` gives the meta-gradient (mean over tasks); ``query_losses``
     ``[T]``, ``query_outputs`` ``[T, M, ...]`` and ``inner_losses`` ``[T, steps]`` (support loss before each
     inner step) are detached, for metrics and checks.
+
+    Examples:
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.models import MLP
+        >>> model = MLP()
+        >>> batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(3)])
+        >>> result = meta_objective(TaskLoss(model, torch.nn.functional.mse_loss), dict(model.named_parameters()),
+        ...                         batch, inner_lrs=0.01, steps=2)
+        >>> result.loss.requires_grad, result.query_losses.requires_grad, tuple(result.inner_losses.shape)
+        (True, False, (3, 2))
     """
 
     loss: Tensor

@@ -17,7 +17,17 @@ InnerOptimizer = Literal["sgd", "adam"]
 
 
 class InnerOptimizerState:
-    """Per-task state of the inner optimizer: the step count and Adam's moments (unused by SGD)."""
+    """Per-task state of the inner optimizer: the step count and Adam's moments (unused by SGD).
+
+    Examples:
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> f = TaskLoss(model, lambda out, y: ((out - y) ** 2).sum() / 2)
+        >>> state = InnerOptimizerState()
+        >>> phi, loss = inner_update(f, {"weight": torch.ones(1, 1)}, ["weight"], torch.ones(1, 1),
+        ...                          torch.zeros(1, 1), 0.1, state, "adam")
+        >>> state.step, round(phi["weight"].item(), 4)  # Adam's first step moves by lr
+        (1, 0.9)
+    """
 
     def __init__(self) -> None:
         self.step: int = 0

@@ -19,7 +19,7 @@ from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.data.sources import TaskType
 from lightning_meta.functional import MetaObjective, Params, TaskLoss, adaptation_trajectory, query_trajectory
 from lightning_meta.functional import select_adapted as select_adapted_tensors
-from lightning_meta.models.norm import transductive_batch_norm
+from lightning_meta.models.norm import per_step_batch_norm, set_norm_step, transductive_batch_norm
 
 FP16_INNER_LOSS_SCALE = 2.0**10
 
@@ -74,6 +74,8 @@ class InnerLoopLearner(MetaLearner):
         torch.Size([2])
     """
 
+    batch_norm_policies: tuple[str, ...] = ("transductive", "none")  # MAML adds "per_step"
+
     def __init__(
         self,
         model: nn.Module,
@@ -93,7 +95,8 @@ class InnerLoopLearner(MetaLearner):
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
-        self._check_common_args(inner_lr, inner_steps, eval_inner_steps, batch_norm, nonfinite, inner_loss_scale)
+        self._check_common_args(inner_lr, inner_steps, eval_inner_steps, nonfinite, inner_loss_scale)
+        check_choice("batch_norm", batch_norm, self.batch_norm_policies)
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
@@ -109,12 +112,11 @@ class InnerLoopLearner(MetaLearner):
         self.register_buffer("inner_lrs", torch.full((1, len(self.adapted)), float(inner_lr)))
 
     @staticmethod
-    def _check_common_args(inner_lr, inner_steps, eval_inner_steps, batch_norm, nonfinite, inner_loss_scale) -> None:
+    def _check_common_args(inner_lr, inner_steps, eval_inner_steps, nonfinite, inner_loss_scale) -> None:
         check_number("inner_lr", inner_lr)
         check_positive("inner_steps", inner_steps)
         if eval_inner_steps is not None:
             check_positive("eval_inner_steps", eval_inner_steps, 0)
-        check_choice("batch_norm", batch_norm, ("transductive", "none"))
         check_choice("nonfinite", nonfinite, ("raise", "skip"))
         if inner_loss_scale is not None:
             check_number("inner_loss_scale", inner_loss_scale)
@@ -122,6 +124,8 @@ class InnerLoopLearner(MetaLearner):
     def _apply_batch_norm_policy(self, policy: str) -> list[str]:
         if policy == "transductive":
             return transductive_batch_norm(self.model)
+        if policy == "per_step":  # MAML++ BNRS + BNWB: one slot per inner iterate phi_0..phi_K
+            return per_step_batch_norm(self.model, self.inner_steps + 1)
         layers = [n for n, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if layers:
             raise ValueError(
@@ -173,7 +177,8 @@ class InnerLoopLearner(MetaLearner):
         return FP16_INNER_LOSS_SCALE if precision.startswith("16") else 1.0
 
     def _task_loss(self, task_type: str) -> TaskLoss:
-        return TaskLoss(self.model, self.loss_fn(task_type))
+        hook = (lambda k: set_norm_step(self.model, k)) if self.hparams.batch_norm == "per_step" else None
+        return TaskLoss(self.model, self.loss_fn(task_type), hook)
 
     def _theta(self, detach: bool) -> Params:
         params = dict(self.model.named_parameters())

@@ -54,7 +54,11 @@ class MAML(InnerLoopLearner):
         adapt: what the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module) or
             ``fnmatch`` patterns over parameter names.
         batch_norm: ``"transductive"`` (batch statistics in every forward, no running statistics: the MAML
-            paper's setting) or ``"none"`` (the model must have no BatchNorm).
+            paper's setting), ``"none"`` (the model must have no BatchNorm) or ``"per_step"`` (MAML++'s BNRS +
+            BNWB: each BatchNorm becomes a [PerStepBatchNorm][lightning_meta.models.PerStepBatchNorm] with its own
+            weights, biases and running statistics for every inner iterate ``phi_0..phi_K``, normalizing with
+            batch statistics like ``"transductive"``; steps beyond ``inner_steps`` use the last slot; not with
+            ``"hvp"`` or ``vectorize``).
         vectorize: run the tasks of a meta-batch in one ``torch.func.vmap`` call (same numbers; not with
             ``"hvp"``; measure before choosing: see docs/benchmarks.md).
         nonfinite: ``"raise"`` stops naming the step and task of a non-finite loss; ``"skip"`` skips the
@@ -86,6 +90,8 @@ class MAML(InnerLoopLearner):
          'val/pre_loss', 'val/pre_loss_ci95', 'val/pre_mse', 'val/pre_mse_ci95']
     """
 
+    batch_norm_policies = ("transductive", "none", "per_step")
+
     def __init__(
         self,
         model: nn.Module,
@@ -99,7 +105,7 @@ class MAML(InnerLoopLearner):
         multi_step_loss_epochs: int = 10,
         first_order_epochs: int = 0,
         adapt: str | list[str] = "all",
-        batch_norm: Literal["transductive", "none"] = "transductive",
+        batch_norm: Literal["transductive", "none", "per_step"] = "transductive",
         vectorize: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
         inner_loss_scale: float | None = None,
@@ -117,6 +123,9 @@ class MAML(InnerLoopLearner):
         check_choice("meta_gradient", meta_gradient, META_GRADIENTS)
         check_choice("hvp_method", hvp_method, ("autograd", "finite_difference"))
         check_choice("learn_inner_lr", learn_inner_lr, ("off", "per_tensor", "per_step"))
+        if batch_norm == "per_step" and (meta_gradient == "hvp" or vectorize):
+            raise ValueError("batch_norm='per_step' updates running statistics in place at every inner step: it "
+                             "needs meta_gradient 'second_order' or 'first_order' without vectorize")
         if vectorize and meta_gradient == "hvp":
             raise ValueError("vectorize=True does not apply to meta_gradient='hvp' (its reverse recurrence runs per "
                              "task); use vectorize=False with 'hvp', or 'second_order'/'first_order' with vmap")

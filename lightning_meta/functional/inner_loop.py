@@ -30,10 +30,22 @@ class TaskLoss:
         torch.Size([4, 1])
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        self.model, self.loss_fn = model, loss_fn
+    def __init__(self, model: nn.Module, loss_fn: LossFn, step_hook: Callable[[int], None] | None = None) -> None:
+        self.model, self.loss_fn, self.step_hook = model, loss_fn, step_hook
+        self._step: int | None = None
+
+    def at_step(self, k: int) -> TaskLoss:
+        """This loss for forwards at the ``k``-th inner iterate ``phi_k`` (``step_hook(k)`` runs first: models with
+        per-step layers, e.g. MAML++'s per-step BatchNorm); without a ``step_hook``, this loss itself."""
+        if self.step_hook is None:
+            return self
+        at = TaskLoss(self.model, self.loss_fn, self.step_hook)
+        at._step = k
+        return at
 
     def __call__(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if self._step is not None:
+            self.step_hook(self._step)
         output = functional_call(self.model, params, (x,))
         return self.loss_fn(output, y), output
 
@@ -124,7 +136,7 @@ def adapt(
     """
     fast, losses = dict(params), []
     for k in range(steps):
-        fast, loss, _ = inner_step(task_loss, fast, names, x, y, lrs[step_row(lrs, k)],
+        fast, loss, _ = inner_step(task_loss.at_step(k), fast, names, x, y, lrs[step_row(lrs, k)],
                                    create_graph=create_graph, first_order=first_order, loss_scale=loss_scale,
                                    functional=functional)
         losses.append(loss.detach())
@@ -157,6 +169,6 @@ def adaptation_trajectory(
         yield k, fast
         if k < steps:
             with torch.enable_grad():
-                fast, _, _ = inner_step(task_loss, fast, names, x, y, lrs[step_row(lrs, k)],
+                fast, _, _ = inner_step(task_loss.at_step(k), fast, names, x, y, lrs[step_row(lrs, k)],
                                         loss_scale=loss_scale)
             fast = {n: p.detach().requires_grad_(n in names) for n, p in fast.items()}

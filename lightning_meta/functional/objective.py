@@ -91,15 +91,15 @@ def task_objective(
     if step_weights is None:
         fast, inner = adapt(task_loss, params, names, *support, lrs, steps, create_graph=not first_order,
                             first_order=first_order, loss_scale=loss_scale, functional=functional)
-        q_loss, q_out = task_loss(fast, *query)
+        q_loss, q_out = task_loss.at_step(steps)(fast, *query)
         return q_loss, q_out, inner
     fast, inner_losses, weighted = dict(params), [], 0.0
     for k in range(steps):
-        fast, loss, _ = inner_step(task_loss, fast, names, *support, lrs[step_row(lrs, k)],
+        fast, loss, _ = inner_step(task_loss.at_step(k), fast, names, *support, lrs[step_row(lrs, k)],
                                    create_graph=not first_order, first_order=first_order, loss_scale=loss_scale,
                                    functional=functional)
         inner_losses.append(loss.detach())
-        q_loss, q_out = task_loss(fast, *query)
+        q_loss, q_out = task_loss.at_step(k + 1)(fast, *query)
         weighted = weighted + step_weights[k] * q_loss
     return weighted, q_out, torch.stack(inner_losses)
 
@@ -255,6 +255,6 @@ def query_trajectory(
         for k, phi in trajectory:
             if k in wanted:
                 with torch.no_grad():
-                    loss, out = task_loss(phi, batch.query_x[t], batch.query_y[t])
+                    loss, out = task_loss.at_step(k)(phi, batch.query_x[t], batch.query_y[t])
                 points[k].append((loss.detach(), out.detach()))
     return {k: (torch.stack([p[0] for p in v]), torch.stack([p[1] for p in v])) for k, v in points.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -67,3 +68,73 @@ def transductive_batch_norm(model: nn.Module, elementary: bool = False) -> list[
                 setattr(model.get_submodule(parent_name), child, BatchStatNorm.from_batch_norm(module))
             names.append(name)
     return names
+
+
+class PerStepBatchNorm(nn.Module):
+    """MAML++'s per-step BatchNorm (Antoniou et al., 2019): one set of weights and biases (BNWB) and of running
+    statistics (BNRS) per inner-loop iterate. The forward at ``phi_k`` uses slot ``min(step, slots - 1)``, where
+    ``step`` is set by the learner before each forward (``set_norm_step``). In training mode it normalizes with
+    the batch statistics and updates that slot's running statistics. In eval mode it normalizes with the batch
+    statistics too (``transductive=True``, as MAML and MAML++'s reference implementation do: on 1-shot tasks
+    running statistics trained for minutes score at chance), or with the slot's running statistics
+    (``transductive=False``).
+
+    Examples:
+        >>> import torch
+        >>> norm = PerStepBatchNorm(3, slots=2)
+        >>> norm.weight.shape, norm.running_mean.shape
+        (torch.Size([2, 3]), torch.Size([2, 3]))
+        >>> norm.step = 1
+        >>> _ = norm(torch.randn(8, 3, 4, 4) + 5.0)  # updates slot 1 only
+        >>> norm.running_mean[0].abs().max().item(), bool((norm.running_mean[1] > 0.4).all())
+        (0.0, True)
+    """
+
+    def __init__(self, num_features: int, slots: int, eps: float = 1e-5, momentum: float = 0.1,
+                 transductive: bool = True) -> None:
+        super().__init__()
+        self.num_features, self.slots, self.eps, self.momentum = num_features, slots, eps, momentum
+        self.transductive = transductive
+        self.weight = nn.Parameter(torch.ones(slots, num_features))
+        self.bias = nn.Parameter(torch.zeros(slots, num_features))
+        self.register_buffer("running_mean", torch.zeros(slots, num_features))
+        self.register_buffer("running_var", torch.ones(slots, num_features))
+        self.step = 0
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.modules.batchnorm._BatchNorm, slots: int) -> PerStepBatchNorm:
+        new = cls(bn.num_features, slots, bn.eps, bn.momentum if bn.momentum is not None else 0.1)
+        if bn.affine:
+            with torch.no_grad():
+                new.weight.copy_(bn.weight.detach().expand(slots, -1))
+                new.bias.copy_(bn.bias.detach().expand(slots, -1))
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = min(self.step, self.slots - 1)
+        weight, bias = self.weight[k], self.bias[k]
+        if self.training:  # batch statistics, and this slot's running statistics move
+            return F.batch_norm(x, self.running_mean[k], self.running_var[k], weight, bias, True, self.momentum,
+                                self.eps)
+        if self.transductive:  # batch statistics, nothing moves
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+        return F.batch_norm(x, self.running_mean[k], self.running_var[k], weight, bias, False, 0.0, self.eps)
+
+
+def per_step_batch_norm(model: nn.Module, slots: int) -> list[str]:
+    """Replace every BatchNorm of ``model`` by a [PerStepBatchNorm][lightning_meta.models.PerStepBatchNorm] with
+    ``slots`` slots (its weights copied to every slot); returns their names."""
+    names = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, PerStepBatchNorm.from_batch_norm(module, slots))
+            names.append(name)
+    return names
+
+
+def set_norm_step(model: nn.Module, step: int) -> None:
+    """Point every [PerStepBatchNorm][lightning_meta.models.PerStepBatchNorm] of ``model`` at inner iterate ``step``."""
+    for module in model.modules():
+        if isinstance(module, PerStepBatchNorm):
+            module.step = step

@@ -1,6 +1,6 @@
-"""bf16-mixed and 16-mixed for Reptile, iMAML and ProtoNet on CPU, as for MAML (tests/test_precision.py): autocast
-on in every forward of the inner loop (or the embedding), and the gradient Lightning hands the optimizer within
-the precision's tolerance of float32's."""
+"""bf16-mixed and 16-mixed for Reptile, iMAML, ProtoNet and MAML with the MAML++ options on CPU, as for MAML
+(tests/test_precision.py): autocast on in every forward of the inner loop (or the embedding), and the gradient
+Lightning hands the optimizer within the precision's tolerance of float32's."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import torch
 from test_precision import MIXED, Probe, relative_error, sinusoid_batch
 from torch.utils.data import DataLoader
 
-from lightning_meta import IMAML, ProtoNet, Reptile, TaskBatch
+from lightning_meta import IMAML, MAML, ProtoNet, Reptile, TaskBatch
 
 LEARNERS = {
     "reptile": lambda: Reptile(Probe(), inner_lr=0.05, inner_steps=2, inner_optimizer="sgd"),
     "imaml": lambda: IMAML(Probe(), inner_lr=0.05, inner_steps=3, lam=1.0, cg_steps=2),
     "protonet": lambda: ProtoNet(Probe(), channels_last=False),
+    "maml_plus_plus": lambda: MAML(Probe(), inner_lr=0.1, inner_steps=2, learn_inner_lr="per_step",
+                                   multi_step_loss=True),
 }
 
 

@@ -23,7 +23,7 @@ from maml_job import build as build_maml
 from maml_job import trainer
 from torch.utils.data import TensorDataset
 
-from lightning_meta import IMAML, ClassificationTasks, EpisodicDataModule, ProtoNet, Reptile, SinusoidTasks
+from lightning_meta import IMAML, MAML, ClassificationTasks, EpisodicDataModule, ProtoNet, Reptile, SinusoidTasks
 from lightning_meta.models import MLP, Conv4
 
 #: odd numbers of episodes in meta-batches of 10, so that the two ranks' shards differ in size and in number
@@ -52,7 +52,8 @@ def build(learner: str, meta_batch: int, mode: str = "second_order"):
 
 
 def build_other(learner: str):
-    """``(model, task source)`` of the ``"reptile"``, ``"imaml"`` and ``"protonet"`` jobs (SGD outer steps)."""
+    """``(model, task source)`` of the ``"reptile"``, ``"imaml"``, ``"maml_pp"`` and ``"protonet"`` jobs (SGD outer
+    steps)."""
     torch.manual_seed(0)
     sgd = partial(torch.optim.SGD, lr=0.05)
     curve = {"eval_inner_steps": CURVE_STEPS, "adaptation_curve": True, "optimizer": sgd}
@@ -62,6 +63,16 @@ def build_other(learner: str):
         model = IMAML(MLP(hidden=(16, 16), activation="tanh"), inner_lr=0.02, inner_steps=3, lam=1.0, cg_steps=2,
                       **curve)
         return model, SinusoidTasks(shots=5, queries=5)
+    if learner == "maml_pp":  # MAML++ options: LSLR, MSL, DA (first-order in epoch 0) and per-step BatchNorm
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(40, 1, 16, 16, generator=g).repeat_interleave(6, 0) + 0.3 * torch.rand(240, 1, 16, 16,
+                                                                                             generator=g)
+        tasks = ClassificationTasks(TensorDataset(x, torch.arange(40).repeat_interleave(6)), ways=3, shots=1,
+                                    queries=2, split_fractions=(0.5, 0.25, 0.25))
+        model = MAML(Conv4(out_features=3, hidden=8, image_size=16), inner_lr=0.1, inner_steps=2,
+                     learn_inner_lr="per_step", multi_step_loss=True, first_order_epochs=1, batch_norm="per_step",
+                     **{**curve, "optimizer": partial(torch.optim.SGD, lr=0.5)})
+        return model, tasks
     if learner == "protonet":
         g = torch.Generator().manual_seed(0)
         x = torch.rand(40, 1, 16, 16, generator=g).repeat_interleave(6, 0) + 0.3 * torch.rand(240, 1, 16, 16,

@@ -1,6 +1,6 @@
 """MAML tasks/s and memory: lightning-meta's MAML beside learn2learn's, on the identical Conv-4.
 
-    python benchmarks/maml.py [--rounds 3] [--steps 2] [--skip-memory]
+    python benchmarks/maml.py [--rounds 3] [--steps 2] [--skip-memory | --memory-only]
 
 Setting: Omniglot 5-way 1-shot 15-query, Conv-4 (64 filters, BatchNorm), meta-batch 32, 1 inner step
 (inner lr 0.4), Adam 1e-3, on real Omniglot meta-batches. Contenders run alternately, round by round, and
@@ -222,6 +222,19 @@ def memory_table() -> list[dict]:
     return rows
 
 
+def memory_only() -> None:
+    """Remeasure the memory rows and save them into the last saved run (its speed numbers kept)."""
+    from common import RESULTS
+
+    path = RESULTS / "maml.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved.pop("machine", None)
+    saved["memory"] = memory_table()
+    for row in saved["memory"]:
+        print(f"{row['mode']:28s} {row['steps']:5d} {row['added_bytes'] / 2**20:9.1f}")
+    save("maml", saved)
+
+
 def previous_memory() -> list[dict]:
     """The memory rows of the last saved run (kept when ``--skip-memory``)."""
     from common import RESULTS
@@ -256,9 +269,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "STEPS"))
+    parser.add_argument("--memory-only", action="store_true", help="remeasure memory, keep the saved speed numbers")
     args = parser.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child[0], int(args.memory_child[1]))
+    if args.memory_only:
+        return memory_only()
     data = batches(max(4, args.rounds * args.steps))
     has_l2l = l2l_available()
     train = {f"ours_{m}": ours_train(m) for m in ("second_order", "first_order", "hvp")}

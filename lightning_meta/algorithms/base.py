@@ -152,12 +152,20 @@ class MetaLearner(pl.LightningModule):
         flags = self.all_gather(torch.tensor(int(flag), device=self.device))
         return flags.flatten().nonzero().flatten().tolist()
 
+    @property
+    def algorithm(self) -> str:
+        """The package's learner this is (``"MAML"`` also for a user's ``MAML`` subclass): messages name it."""
+        for cls in type(self).__mro__:
+            if cls.__module__.startswith("lightning_meta.algorithms"):
+                return cls.__name__
+        return type(self).__name__
+
     def raise_if_nonfinite(self, loss: Tensor) -> None:
         """Raise ``FloatingPointError`` on every rank together if ``loss`` is not finite on some rank."""
         bad_ranks = self._ranks_where(not bool(torch.isfinite(loss)))  # under DDP every rank raises together
         if bad_ranks:
             where = f" on rank(s) {bad_ranks}" if self._world_size() > 1 else ""
-            raise FloatingPointError(f"{type(self).__name__}: non-finite loss{where} at global step {self.global_step}")
+            raise FloatingPointError(f"{self.algorithm}: non-finite loss{where} at global step {self.global_step}")
 
     def _eval_epoch_end(self, stage: str) -> None:
         self._finish_curve(stage)

@@ -136,7 +136,7 @@ class InnerLoopLearner(MetaLearner):
 
     def on_fit_start(self) -> None:
         policy = "transductive batch statistics" if self.batch_norm_layers else "no BatchNorm layers"
-        self.print(f"{type(self).__name__} BatchNorm policy: {self.hparams.batch_norm} ({policy}: "
+        self.print(f"{self.algorithm} BatchNorm policy: {self.hparams.batch_norm} ({policy}: "
                    f"{self.batch_norm_layers})")
 
     def layout(self, batch: TaskBatch) -> TaskBatch:
@@ -153,7 +153,7 @@ class InnerLoopLearner(MetaLearner):
                 out = self.model(self._image_layout(batch.support_x[0]))
         finally:
             self.model.train(was_training)
-        name = type(self).__name__
+        name = self.algorithm
         if task_type == "classification":
             ways = int(batch.support_y.max()) + 1
             if out.dim() != 2 or out.shape[-1] != ways:
@@ -207,7 +207,7 @@ class InnerLoopLearner(MetaLearner):
         hint = (f"; under inner_loss_scale {scale:g} a float16 inner gradient above {65504 / scale:g} overflows: "
                 "pass a smaller inner_loss_scale (1.0 turns it off)") if scale != 1.0 else ""
         raise FloatingPointError(
-            f"{type(self).__name__}: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
+            f"{self.algorithm}: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
             f"(now {self.hparams.inner_lr}) or the optimizer's lr, or set nonfinite='skip'{hint}"
         )
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -61,6 +63,17 @@ def test_train_stream_changes_with_epoch_and_batches_are_tasks():
     assert isinstance(batch, TaskBatch) and batch.num_tasks == 2
     # meta-batch 4 covers exactly the tasks of two meta-batches of 2
     assert all_tasks(make_dm(meta_batch_size=4).train_dataloader()) == first
+
+
+def test_fewer_eval_episodes_than_ranks_is_a_clear_error_on_every_rank(tmp_path):
+    """One validation episode on two ranks: a ValueError naming val_episodes and the ranks, raised by each rank
+    before any training step (it used to end in a zero-length loader and a stopped run)."""
+    failed = run_script("ddp_data.py", str(tmp_path), "ddp", "one-val-episode", check=False)
+    assert failed.returncode != 0
+    message = "val_episodes=1 is fewer than the 2 ranks of this run: every rank needs an episode"
+    assert failed.stderr.count(message) >= 2, failed.stderr[-3000:]
+    assert not list(tmp_path.glob("rank*.pt"))
+    assert re.search(r'datamodule\.py", line \d+, in setup', failed.stderr)  # at setup, before any step
 
 
 def test_ddp_shards_union_is_the_set_and_train_tasks_distinct(tmp_path):

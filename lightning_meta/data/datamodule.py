@@ -92,6 +92,15 @@ class EpisodicDataModule(pl.LightningDataModule):
         for split in needed.get(stage or "", ["train", "val", "test"]):
             if episodes[split] > 0:
                 self.tasks.validate_split(split)
+                if split != "train":
+                    self._check_eval_episodes(split, episodes[split])
+
+    def _check_eval_episodes(self, split: str, episodes: int) -> None:
+        """Every rank needs an evaluation episode: a rank without one would get an empty loader."""
+        world = self._world()[0]
+        if 0 < episodes < world:
+            raise ValueError(f"{split}_episodes={episodes} is fewer than the {world} ranks of this run: every rank "
+                             f"needs an episode; use {split}_episodes >= {world}, or 0 to skip {split}")
 
     def _world(self) -> tuple[int, int]:
         """``(world size, rank)``: the Trainer's, else an initialized process group's (Fabric, torchrun), else one."""
@@ -126,6 +135,7 @@ class EpisodicDataModule(pl.LightningDataModule):
     def _eval_loader(self, split: str, episodes: int) -> DataLoader | list:
         if episodes == 0:
             return []
+        self._check_eval_episodes(split, episodes)
         world, rank = self._world()
         return self._loader(EvalEpisodeSampler(split, episodes, self.eval_meta_batch_size, world, rank))
 

@@ -180,6 +180,16 @@ class MetaLearner(pl.LightningModule):
             self.log(f"{stage}/{key}_ci95", result["ci95"].float(), sync_dist=True)
             metric.reset()
 
+    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        """Accumulate ``stage``'s episode metrics for ``batch`` (subclasses; ``update_eval``, ``update_curve``)."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 

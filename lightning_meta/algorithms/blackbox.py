@@ -219,12 +219,6 @@ class BlackBoxAdaptation(MetaLearner):
         self.update_eval(stage, "loss", losses.detach())
         self.update_eval(stage, "score", score)
 
-    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         """Query predictions: logits ``[T, Q, ways]`` or means ``[T, Q, y_dim]``."""
         batch, task_type = self.prepare_batch(batch)

@@ -274,12 +274,6 @@ class InnerLoopLearner(MetaLearner):
         if self.adaptation_curve:
             self.update_curve(stage, [curve[k][0] for k in range(steps + 1)], [curve[k][1] for k in range(steps + 1)])
 
-    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         """Query predictions ``[T, M, ...]`` after ``eval_inner_steps`` of adaptation."""
         batch, task_type = self.prepare_batch(batch)

@@ -105,12 +105,6 @@ class ProtoNet(MetaLearner):
         self.update_eval(stage, "loss", objective.query_losses)
         self.update_eval(stage, "score", self.episode_score("classification", objective.query_outputs, batch.query_y))
 
-    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         """Query logits ``[T, Q, ways]``."""
         return self.objective(batch).query_outputs

@@ -51,6 +51,14 @@ def build(learner: str, meta_batch: int, mode: str = "second_order"):
     return model, dm
 
 
+def image_tasks(seed: int) -> ClassificationTasks:
+    """3-way 1-shot tasks over 40 synthetic 16x16 classes (a noisy copy of a random centre per class)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(40, 1, 16, 16, generator=g).repeat_interleave(6, 0) + 0.3 * torch.rand(240, 1, 16, 16, generator=g)
+    return ClassificationTasks(TensorDataset(x, torch.arange(40).repeat_interleave(6)), ways=3, shots=1, queries=2,
+                               split_fractions=(0.5, 0.25, 0.25))
+
+
 def build_other(learner: str):
     """``(model, task source)`` of the ``"reptile"``, ``"imaml"``, ``"maml_pp"`` and ``"protonet"`` jobs (SGD outer
     steps)."""
@@ -64,21 +72,13 @@ def build_other(learner: str):
                       **curve)
         return model, SinusoidTasks(shots=5, queries=5)
     if learner == "maml_pp":  # MAML++ options: LSLR, MSL, DA (first-order in epoch 0) and per-step BatchNorm
-        g = torch.Generator().manual_seed(1)
-        x = torch.rand(40, 1, 16, 16, generator=g).repeat_interleave(6, 0) + 0.3 * torch.rand(240, 1, 16, 16,
-                                                                                             generator=g)
-        tasks = ClassificationTasks(TensorDataset(x, torch.arange(40).repeat_interleave(6)), ways=3, shots=1,
-                                    queries=2, split_fractions=(0.5, 0.25, 0.25))
+        tasks = image_tasks(seed=1)
         model = MAML(Conv4(out_features=3, hidden=8, image_size=16), inner_lr=0.1, inner_steps=2,
                      learn_inner_lr="per_step", multi_step_loss=True, first_order_epochs=1, batch_norm="per_step",
                      **{**curve, "optimizer": partial(torch.optim.SGD, lr=0.5)})
         return model, tasks
     if learner == "protonet":
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(40, 1, 16, 16, generator=g).repeat_interleave(6, 0) + 0.3 * torch.rand(240, 1, 16, 16,
-                                                                                             generator=g)
-        tasks = ClassificationTasks(TensorDataset(x, torch.arange(40).repeat_interleave(6)), ways=3, shots=1,
-                                    queries=2, split_fractions=(0.5, 0.25, 0.25))
+        tasks = image_tasks(seed=0)
         # no BatchNorm: running statistics are per rank under DDP (SyncBatchNorm is the Lightning way to share them)
         encoder = Conv4(embed_only=True, hidden=8, image_size=16, batch_norm=False)
         return ProtoNet(encoder, optimizer=partial(torch.optim.SGD, lr=20.0)), tasks  # its gradients are ~1e-4

@@ -106,6 +106,13 @@ CASES = [
     Case("`BlackBoxAdaptation(MLP(out_features=8), aggregator='max')`", "construction",
          lambda _: BlackBoxAdaptation(MLP(out_features=8), feature_dim=8, aggregator="max"), ValueError,
          ("aggregator", "max", "attention")),
+    Case("`BlackBoxAdaptation(..., encoder_tasks=0)`", "construction",
+         lambda _: BlackBoxAdaptation(MLP(out_features=8), feature_dim=8, encoder_tasks=0), ValueError,
+         ("encoder_tasks", "'auto', 'all'", "got 0")),
+    Case("`BlackBoxAdaptation(..., predict_variance=False).predictive(batch)`", "first batch",
+         lambda _: BlackBoxAdaptation(MLP(out_features=8), feature_dim=8).predictive(
+             SinusoidTasks().sample("test", [torch.Generator()])), ValueError,
+         ("predict_variance=True", "predict_variance=False")),
     Case("`BlackBoxAdaptation(..., hidden=30, heads=4)`", "construction",
          lambda _: BlackBoxAdaptation(MLP(out_features=8), feature_dim=8, hidden=30, heads=4), ValueError,
          ("hidden=30", "heads=4")),

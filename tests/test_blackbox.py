@@ -122,7 +122,7 @@ def test_omniglot_five_way_accuracy_well_above_chance(omniglot, aggregator):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="aggregator must be one of \\['mean', 'attention', 'sequence'\\]"):
+    with pytest.raises(ValueError, match="aggregator must be one of \\['mean', 'attention', 'sequence', 'snail'\\]"):
         BlackBoxAdaptation(Conv4(embed_only=True), aggregator="max")
     with pytest.raises(ValueError, match="feature_dim must be given"):
         BlackBoxAdaptation(torch.nn.Linear(2, 3))

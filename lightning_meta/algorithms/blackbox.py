@@ -11,10 +11,13 @@ from torch import Tensor, nn
 from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
 from lightning_meta.checks import check_choice
 from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.layout import channels_last_tasks
 from lightning_meta.data.sources import TaskType
 from lightning_meta.functional.objective import MetaObjective
+from lightning_meta.models.snail import SNAIL
 
-Aggregator = Literal["mean", "attention", "sequence"]
+Aggregator = Literal["mean", "attention", "sequence", "snail"]
+AGGREGATORS = ("mean", "attention", "sequence", "snail")
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -39,7 +42,12 @@ class BlackBoxAdaptation(MetaLearner):
     * ``"attention"``: ``h_i`` as for mean, plus each query attends (multi-head) over the support pairs;
       invariant to the order of the support set.
     * ``"sequence"``: a causal transformer reads the support pairs in order, then each query (which sees every
-      support token, not the other queries), MANN/SNAIL style; **sensitive to the order** of the support set.
+      support token, not the other queries); **sensitive to the order** of the support set.
+    * ``"snail"``: SNAIL (Mishra et al., 2018): causal temporal convolutions interleaved with causal attention
+      ([SNAIL][lightning_meta.models.SNAIL], the paper's Omniglot/miniImageNet block structure) over the support
+      items in order, each query the last element of its own sequence; **sensitive to the order** of the support
+      set. ``support_size`` (default ``ways``, i.e. one shot) sizes its temporal convolutions as the paper's
+      ``T = N * K + 1``.
 
     Classification: ``ways`` is the width of the one-hot label input and of the output head; tasks with fewer
     ways at test time are handled (unused logits masked), more ways raise a clear error. Any number of shots
@@ -47,7 +55,15 @@ class BlackBoxAdaptation(MetaLearner):
     mean and a variance trained by Gaussian NLL as in CNPs, and the reported metric is the MSE of the mean.
 
     The encoder's output size is ``feature_dim`` or, when omitted, the encoder's ``feature_dim`` attribute
-    (``Conv4(embed_only=True)`` has one). The outer-loop optimizer is injected as for every
+    (``Conv4(embed_only=True)`` has one). A task's support and query inputs go through the encoder together,
+    ``encoder_tasks`` tasks per pass: ``"auto"`` (default) is one task per pass on CPU (measured fastest there:
+    ``benchmarks/blackbox.py``) and the whole meta-batch (``"all"``) on other devices; an int sets it. In
+    training mode BatchNorm in the encoder normalizes each pass with that pass's statistics, so with a BatchNorm
+    encoder the pass size is part of the model, as the batch size is of any BatchNorm network (one task per pass:
+    a task's features do not depend on the other tasks, as in ``MAML`` and ``ProtoNet``); encoders without batch
+    statistics, and every encoder in evaluation, give the same numbers for any pass size. ``channels_last``
+    copies image inputs to channels-last strides per task and converts the encoder's conv weights (several
+    times faster on CPU for one-channel images). The outer-loop optimizer is injected as for every
     [MetaLearner][lightning_meta.MetaLearner] (``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``).
 
     Examples:
@@ -71,25 +87,35 @@ class BlackBoxAdaptation(MetaLearner):
         predict_variance: bool = False,
         heads: int = 4,
         layers: int = 2,
+        support_size: int | None = None,
+        encoder_tasks: int | Literal["auto", "all"] = "auto",
+        channels_last: bool = True,
         task_type: Literal["auto"] | TaskType = "auto",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
-        check_choice("aggregator", aggregator, ("mean", "attention", "sequence"))
+        check_choice("aggregator", aggregator, AGGREGATORS)
+        if encoder_tasks not in ("auto", "all") and (
+            isinstance(encoder_tasks, bool) or not isinstance(encoder_tasks, int) or encoder_tasks < 1
+        ):
+            raise ValueError(f"encoder_tasks must be 'auto', 'all' or an integer >= 1, got {encoder_tasks!r}")
         feature_dim = feature_dim if feature_dim is not None else getattr(encoder, "feature_dim", None)
         if not isinstance(feature_dim, int) or feature_dim < 1:
             raise ValueError("feature_dim must be given (an int >= 1) when the encoder has no `feature_dim` attribute")
+        support_size = ways if support_size is None else support_size
         for name, value in (("task_dim", task_dim), ("hidden", hidden), ("ways", ways), ("y_dim", y_dim),
-                            ("heads", heads), ("layers", layers)):
+                            ("heads", heads), ("layers", layers), ("support_size", support_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if hidden % heads:
             raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
         self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
         self.encoder, self.aggregator, self.ways, self.y_dim = encoder, aggregator, ways, y_dim
-        self.predict_variance = predict_variance
+        self.predict_variance, self.encoder_tasks, self.channels_last = predict_variance, encoder_tasks, channels_last
+        if channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
         label_dim = max(ways, y_dim)
         self.pair_net = mlp([feature_dim + label_dim, hidden, hidden])
         self.task_net = mlp([hidden, hidden, task_dim])
@@ -101,19 +127,37 @@ class BlackBoxAdaptation(MetaLearner):
             self.token_in = nn.Linear(feature_dim + label_dim, hidden)
             block = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, batch_first=True)
             self.sequence = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        elif aggregator == "snail":
+            self.snail = SNAIL(feature_dim + label_dim, support_size + 1)
+            readout = self.snail.out_features
         self.out_dim = max(ways, 2 * y_dim if predict_variance else y_dim)
         self.predictor = mlp([feature_dim + task_dim + readout, hidden, hidden, self.out_dim])
 
     # ------------------------------------------------------------------ model
-    def _features(self, x: Tensor) -> Tensor:
-        t, m = x.shape[:2]
-        return self.encoder(x.flatten(0, 1)).reshape(t, m, -1)
+    def tasks_per_pass(self, tasks: int, device: torch.device) -> int:
+        """How many of ``tasks`` tasks one encoder pass reads (see ``encoder_tasks``)."""
+        if self.encoder_tasks == "all" or (self.encoder_tasks == "auto" and device.type != "cpu"):
+            return tasks
+        return 1 if self.encoder_tasks == "auto" else min(int(self.encoder_tasks), tasks)
 
-    def _labels(self, y: Tensor, task_type: str) -> Tensor:
+    def _features(self, *inputs: Tensor) -> list[Tensor]:
+        """Encoder features ``[T, M_i, D]`` of each of ``inputs [T, M_i, ...]``: a task's inputs are encoded
+        together, ``tasks_per_pass`` tasks per encoder call."""
+        x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
+        if self.channels_last and x.dim() == 5:
+            x = channels_last_tasks(x)
+        t, m = x.shape[:2]
+        flat = x.flatten(0, 1)
+        chunks = flat.split(self.tasks_per_pass(t, x.device) * m)
+        out = torch.cat([self.encoder(chunk).flatten(1) for chunk in chunks]) if len(chunks) > 1 else (
+            self.encoder(flat).flatten(1))
+        return list(out.view(t, m, -1).split([i.shape[1] for i in inputs], 1))
+
+    def _labels(self, y: Tensor, task_type: str, dtype: torch.dtype) -> Tensor:
         width = max(self.ways, self.y_dim)
         if task_type == "classification":
-            return F.one_hot(y, width).to(torch.get_default_dtype())
-        return F.pad(y.float(), (0, width - y.shape[-1]))
+            return F.one_hot(y, width).to(dtype)
+        return F.pad(y.to(dtype), (0, width - y.shape[-1]))
 
     def _check(self, batch: TaskBatch, task_type: str) -> int:
         if task_type == "classification":
@@ -136,14 +180,15 @@ class BlackBoxAdaptation(MetaLearner):
     def task_vector(self, support_x: Tensor, support_y: Tensor, task_type: str | None = None) -> Tensor:
         """``h_i`` ``[T, task_dim]`` of each support set (``support_x [T, S, ...]``, ``support_y [T, S(, d)]``)."""
         task_type = task_type or self.task_type_of(support_y)
-        return self._encode_support(self._features(support_x), self._labels(support_y, task_type))[1]
+        (features,) = self._features(support_x)
+        return self._encode_support(features, self._labels(support_y, task_type, features.dtype))[1]
 
     def forward(self, batch: TaskBatch) -> Tensor:
         """Raw predictor outputs for the queries, ``[T, Q, out]`` (logits, or mean and variance parameters)."""
         task_type = self.task_type_of(batch.support_y)
         ways = self._check(batch, task_type)
-        fs, fq = self._features(batch.support_x), self._features(batch.query_x)
-        labels = self._labels(batch.support_y, task_type)
+        fs, fq = self._features(batch.support_x, batch.query_x)
+        labels = self._labels(batch.support_y, task_type, fs.dtype)
         pairs, h = self._encode_support(fs, labels)
         parts = [fq, h[:, None].expand(-1, fq.shape[1], -1)]
         if self.aggregator == "mean" and task_type == "classification":
@@ -153,6 +198,8 @@ class BlackBoxAdaptation(MetaLearner):
             parts.append(read)
         elif self.aggregator == "sequence":
             parts.append(self._sequence(fs, labels, fq))
+        elif self.aggregator == "snail":
+            parts.append(self.snail(torch.cat([fs, labels], -1), F.pad(fq, (0, labels.shape[-1])))[1])
         else:
             parts.append(pairs.mean(1, keepdim=True).expand(-1, fq.shape[1], -1))
         out = self.predictor(torch.cat(parts, -1))
@@ -186,16 +233,32 @@ class BlackBoxAdaptation(MetaLearner):
         t, q = out.shape[:2]
         if task_type == "classification":
             logits = out[..., : self.ways]
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.query_y.flatten(), reduction="none")
+            loss = F.cross_entropy(_widen(logits).flatten(0, 1), batch.query_y.flatten(), reduction="none")
             return loss.view(t, q).mean(1), self.episode_score(task_type, logits.detach(), batch.query_y), logits
-        mean = out[..., : self.y_dim]
+        mean, var = self._gaussian(out)
+        target = batch.query_y.to(_wide(mean.dtype))
         if self.predict_variance:
-            var = F.softplus(out[..., self.y_dim : 2 * self.y_dim]) + 1e-3
-            loss = F.gaussian_nll_loss(mean.float(), batch.query_y.float(), var.float(), reduction="none")
+            loss = F.gaussian_nll_loss(_widen(mean), target, _widen(var), reduction="none")
         else:
-            loss = F.mse_loss(mean.float(), batch.query_y.float(), reduction="none")
+            loss = F.mse_loss(_widen(mean), target, reduction="none")
         score = self.episode_score(task_type, mean.detach(), batch.query_y)
         return loss.flatten(1).mean(1), score, mean
+
+    def _gaussian(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Regression outputs as ``(mean, variance)``; the variance is ``None`` without ``predict_variance``."""
+        mean = out[..., : self.y_dim]
+        if not self.predict_variance:
+            return mean, None
+        return mean, F.softplus(out[..., self.y_dim : 2 * self.y_dim]) + 1e-3
+
+    def predictive(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """The Gaussian predictive distribution of the queries of a regression ``batch`` (``predict_variance=True``):
+        ``(mean, variance)``, each ``[T, Q, y_dim]``. E.g. the 95% interval is ``mean +- 1.96 * variance.sqrt()``."""
+        batch, task_type = self.prepare_batch(batch)
+        if task_type != "regression" or not self.predict_variance:
+            raise ValueError(f"predictive() needs regression tasks and predict_variance=True; got {task_type} tasks "
+                             f"and predict_variance={self.predict_variance}")
+        return self._gaussian(self(batch))  # type: ignore[return-value]
 
     def objective(self, batch: TaskBatch) -> MetaObjective:
         """The objective of ``batch`` without logging or non-finite checks, in the same type as
@@ -223,3 +286,12 @@ class BlackBoxAdaptation(MetaLearner):
         """Query predictions: logits ``[T, Q, ways]`` or means ``[T, Q, y_dim]``."""
         batch, task_type = self.prepare_batch(batch)
         return self._predict(batch, task_type)[2]
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _widen(x: Tensor) -> Tensor:
+    """``x`` in at least float32 (losses of bf16/fp16 outputs in float32; float64 is kept)."""
+    return x.to(_wide(x.dtype))

@@ -32,6 +32,24 @@ def _leaves(params: Params) -> Params:
     return {n: p.detach().requires_grad_() for n, p in params.items()}
 
 
+class _ReplayRng:
+    """``task_loss`` run with a recorded random-number state (CPU, and the CUDA device's when recorded), the global
+    state left as it was: a forward recomputed at ``phi_k`` draws the dropout / DropBlock masks of the original."""
+
+    def __init__(self, task_loss: TaskLoss, device: torch.device) -> None:
+        self.task_loss = task_loss
+        self.cuda = device if device.type == "cuda" else None
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda is not None else None
+
+    def __call__(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.random.fork_rng(devices=[] if self.cuda is None else [self.cuda]):
+            torch.set_rng_state(self.cpu_state)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda_state, self.cuda)
+            return self.task_loss(params, x, y)
+
+
 def _grad_all(task_loss: TaskLoss, point: Params, x: Tensor, y: Tensor, scale: float) -> list[Tensor]:
     names = list(point)
     loss, _ = task_loss(point, x, y)
@@ -102,14 +120,19 @@ def meta_gradient_hvp(
     ``v = dL_q/dphi_K``: ``u = H_k (a_k * v)``; ``v <- v - u`` on the adapted tensors, ``dL/dtheta_other -= u``
     on the others (the mixed second derivatives), ``dL/da_k[i] = -<g_k[i], v_i>``.
 
+    The random-number state before each support forward is recorded and restored for the reverse recurrence's
+    recomputations (in a forked RNG), so that stochastic layers (Dropout, DropBlock) draw the masks of the forward
+    pass: the result is the exact meta-gradient of the sampled objective, as ``"second_order"`` computes it.
+
     Returns ``(grads by name, lr grads like lrs, query loss, query output, inner losses)``, all detached.
     """
     xs, ys = support
     rows = lrs.detach()
     point = {n: p.detach() for n, p in theta.items()}
-    iterates, inner_grads, inner_losses = [], [], []
+    iterates, inner_grads, inner_losses, replays = [], [], [], []
     last_graph = None
     for k in range(steps):
+        replays.append(_ReplayRng(task_loss, xs.device))
         keep = method == "autograd" and k == steps - 1  # reused by the first reverse HVP
         leaves = _leaves(point) if keep else {**point, **{n: point[n].detach().requires_grad_() for n in names}}
         nxt, loss, grads = inner_step(task_loss, leaves, names, xs, ys, rows[step_row(rows, k)],
@@ -133,7 +156,7 @@ def meta_gradient_hvp(
         if last_graph is not None:
             hv, last_graph = _hvp_from_graph(*last_graph, weighted), None
         else:
-            hv = hvp(task_loss, iterates[k], weighted, xs, ys, method, loss_scale)
+            hv = hvp(replays[k], iterates[k], weighted, xs, ys, method, loss_scale)
         grad = {n: g - hv[n] for n, g in grad.items()}
     return grad, lr_grad, q_loss.detach(), q_out.detach(), inner_losses
 

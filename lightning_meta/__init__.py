@@ -11,13 +11,18 @@ from lightning_meta.algorithms import (
     Reptile,
 )
 from lightning_meta.data import (
+    CIFARFSTasks,
     ClassificationTasks,
     EpisodicDataModule,
+    FC100Tasks,
+    ImageTasks,
     Learn2LearnTasks,
+    MiniImageNetTasks,
     OmniglotTasks,
     SinusoidTasks,
     TaskBatch,
     TaskSource,
+    TieredImageNetTasks,
 )
 
 __version__ = "0.1.0"
@@ -25,17 +30,22 @@ __version__ = "0.1.0"
 __all__ = [
     "IMAML",
     "BlackBoxAdaptation",
+    "CIFARFSTasks",
     "ClassificationTasks",
     "EpisodicDataModule",
+    "FC100Tasks",
+    "ImageTasks",
     "InnerLoopLearner",
     "Learn2LearnTasks",
     "MAML",
     "MetaLearner",
+    "MiniImageNetTasks",
     "OmniglotTasks",
     "ProtoNet",
     "Reptile",
     "SinusoidTasks",
     "TaskBatch",
     "TaskSource",
+    "TieredImageNetTasks",
     "__version__",
 ]

@@ -13,7 +13,10 @@ from wandb_reader import read_run
 from lightning_meta.cli import main
 from lightning_meta.loggers import INIT_TIMEOUT_S
 
-CONFIGS = sorted((REPO / "examples" / "configs").glob("*.yaml"))
+#: configs of the RGB datasets need a local copy; tests/test_image_configs.py runs them on synthetic stand-ins
+IMAGE_SOURCES = ("MiniImageNetTasks", "TieredImageNetTasks", "CIFARFSTasks", "FC100Tasks")
+CONFIGS = sorted(c for c in (REPO / "examples" / "configs").glob("*.yaml")
+                 if not any(source in c.read_text() for source in IMAGE_SOURCES))
 SMALL = ["--data.meta_batch_size=2", "--data.eval_meta_batch_size=2", "--data.num_workers=0"]
 
 

@@ -1,0 +1,252 @@
+"""Shared machinery of the RGB few-shot datasets: layouts, shipped splits, the cache, normalization, augmentation."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from lightning_meta.data.augment import Augmentation, augment_tasks
+from lightning_meta.data.classification import ClassificationTasks
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.image_cache import RawImage, cache_path, cached_images, file_stamps, image_files, open_images
+from lightning_meta.data.sources import SPLITS
+
+#: ``(class name, the split the layout puts it in or None, loader of one image)``
+Item = tuple[str, str | None, Callable[[], RawImage]]
+WNID = re.compile(r"^n\d{8}$")
+
+
+def shipped_lines(dataset: str, file: str) -> list[str]:
+    """The non-empty lines of ``splits/<dataset>/<file>`` shipped with the package."""
+    text = resources.files("lightning_meta.data").joinpath("splits", dataset, file).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_pickle(data: bytes | Path) -> Any:
+    """A pickle written by Python 2 or 3 (``latin1`` reads Python 2's numpy arrays and str keys)."""
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    return pickle.loads(raw, encoding="latin1")
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def get_key(mapping: dict, key: str) -> Any:
+    """``mapping[key]`` where a Python 2 pickle may have stored the key as bytes."""
+    if key in mapping:
+        return mapping[key]
+    if key.encode() in mapping:
+        return mapping[key.encode()]
+    raise KeyError(f"no key {key!r} (keys: {sorted(text(k) for k in mapping)[:8]})")
+
+
+def npz_array(path: Path, key: str) -> np.ndarray:
+    """``key`` of an ``.npz`` file, memory-mapped when stored uncompressed (``np.savez``), else read."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(path, "rb") as f:
+                f.seek(info.header_offset)
+                local = f.read(30)
+                start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(
+                    local[28:30], "little")
+                f.seek(start)
+                version = np.lib.format.read_magic(f)
+                fmt = np.lib.format
+                header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = header(f)
+                offset = f.tell()
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    return np.load(path)[key]
+
+
+def folder_items(root: Path, expected: str, dataset: str) -> tuple[list[Path], list[Item]] | None:
+    """The folder layout: ``ROOT/{train,val,test}/<class>/*.jpg``, or every ``ROOT/<wnid>/`` in one place."""
+    split_dirs = [root / s for s in SPLITS]
+    if any(d.is_dir() for d in split_dirs):
+        missing = [str(d) for d in split_dirs if not d.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{dataset}: {', '.join(missing)} missing under root={str(root)!r} (the folder "
+                                    f"layout needs train/, val/ and test/). Expected layout: {expected}")
+        classes = [(c, s) for d, s in zip(split_dirs, SPLITS) for c in sorted(p for p in d.iterdir() if p.is_dir())]
+    else:
+        classes = [(p, None) for p in sorted(root.iterdir()) if p.is_dir() and WNID.match(p.name)]
+        if not classes:
+            return None
+    files, items = [], []
+    for folder, split in classes:
+        for path in image_files(folder):
+            files.append(path)
+            items.append((folder.name, split, path.read_bytes))
+    return files, items
+
+
+class ImageTasks(ClassificationTasks):
+    """Base of the RGB few-shot datasets (miniImageNet, tieredImageNet, CIFAR-FS, FC100); see those classes.
+
+    A subclass finds its layout (``_layout``), lists its images (``_items``) and names the classes of each split
+    of its shipped split (``_split_keys``); this class caches the decoded images in a memory-mapped ``.npy``
+    (``lightning_meta.data.image_cache``), assigns the classes to the splits, and turns fetched images into
+    normalized (and, for meta-training with ``augment=True``, augmented) float tensors ``[T, M, 3, s, s]``.
+
+    Pickling (how DataLoader workers receive the task source) drops the image array and keeps the cache's path;
+    a worker maps the file again at its first sample, so workers share the pages instead of holding copies.
+
+    Examples:
+        >>> from lightning_meta import CIFARFSTasks, MiniImageNetTasks
+        >>> MiniImageNetTasks.default_image_size, CIFARFSTasks.default_image_size, issubclass(CIFARFSTasks, ImageTasks)
+        (84, 32, True)
+    """
+
+    dataset_name: ClassVar[str] = "images"
+    split_dir: ClassVar[str] = ""
+    expected_layout: ClassVar[str] = ""
+    default_image_size: ClassVar[int] = 84
+    crop_padding: ClassVar[int] = 8
+    mean: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
+    std: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
+
+    def __init__(
+        self,
+        root: str,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        image_size: int | None = None,
+        normalize: bool = True,
+        augment: bool = False,
+        cache_dir: str | None = None,
+        train_ways: int | None = None,
+    ) -> None:
+        super().__init__(None, ways=ways, shots=shots, queries=queries, train_ways=train_ways)
+        image_size = self.default_image_size if image_size is None else image_size
+        if image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {image_size!r}")
+        self.root, self.image_size, self.cache_dir = str(root), image_size, cache_dir
+        self.normalize, self.augment = normalize, augment
+        self.augmentation = Augmentation(padding=self.crop_padding * image_size // self.default_image_size)
+        self.cache_file: Path | None = None
+
+    # ------------------------------------------------------------- subclass hooks
+    def _layout(self, root: Path) -> tuple[str, list[Path]]:
+        """``(layout name, the source files whose size and mtime key the cache)``; raises naming the path and the
+        expected layout where none is found."""
+        raise NotImplementedError
+
+    def _items(self, root: Path, layout: str) -> list[Item]:
+        """Every image of the layout, with its class name and the split the layout puts it in (if any)."""
+        raise NotImplementedError
+
+    def _split_keys(self) -> dict[str, list[str]]:
+        """The shipped split: ``{split: [keys]}``; a class belongs to the split of ``_key(class name)``."""
+        return {split: shipped_lines(self.split_dir, f"{split}.txt") for split in SPLITS}
+
+    def _key(self, class_name: str) -> str:
+        return class_name
+
+    def _not_found(self, root: Path, detail: str = "") -> FileNotFoundError:
+        return FileNotFoundError(
+            f"{type(self).__name__}: no accepted layout under root={str(root)!r}{detail}. Expected layout: "
+            f"{self.expected_layout}. lightning-meta never downloads data.")
+
+    # ---------------------------------------------------------------------- load
+    def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise self._not_found(root, " (not a directory)")
+        layout, files = self._layout(root)
+        keys = self._split_keys()
+        split_of = {key: split for split, names in keys.items() for key in names}
+        split_stamp = hashlib.sha1(repr(sorted(keys.items())).encode()).hexdigest()[:8]
+        self.cache_file = cache_path(self.dataset_name, self.image_size, file_stamps(files), self.cache_dir,
+                                     f"{layout}|{split_stamp}")
+        images, meta = cached_images(self.cache_file, lambda: self._wanted(root, layout, split_of), self.image_size)
+        self.__dict__.pop("_folder", None)  # the layout's file list: not needed once cached (nor in workers)
+        self.class_names: list[str] = meta["classes"]
+        found = {self._key(c) for c in self.class_names}
+        missing = [k for names in keys.values() for k in names if k not in found]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} under {self.root!r} lacks {len(missing)} classes of its standard split "
+                f"(e.g. {missing[:3]}); found {len(found)}. Expected layout: {self.expected_layout}")
+        self.splits = {s: [i for i, c in enumerate(self.class_names) if split_of[self._key(c)] == s] for s in SPLITS}
+        labels = torch.arange(len(self.class_names)).repeat_interleave(torch.tensor(meta["counts"]))
+        return images, labels
+
+    def _wanted(self, root: Path, layout: str, split_of: dict[str, str]) -> list[tuple[str, Callable[[], RawImage]]]:
+        """The layout's images of the split's classes, grouped by class (sorted); a class the layout puts in
+        another split than the shipped one is an error (another split of the same classes)."""
+        by_class: dict[str, list[Callable[[], RawImage]]] = {}
+        for name, declared, load in self._items(root, layout):
+            split = split_of.get(self._key(name))
+            if split is None:
+                continue
+            if declared is not None and declared != split:
+                raise ValueError(
+                    f"{type(self).__name__}: class {name!r} is in the {declared!r} part of {str(root)!r}, but the "
+                    f"standard split shipped with lightning-meta puts it in {split!r} (is this another split?)")
+            by_class.setdefault(name, []).append(load)
+        if not by_class:
+            raise self._not_found(root, " (no image of the standard split's classes)")
+        return [(name, load) for name in sorted(by_class) for load in by_class[name]]
+
+    # ------------------------------------------------------------------ sampling
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the image array (workers reopen the memory-mapped cache by its path)."""
+        state = self.__dict__.copy()
+        if isinstance(state.get("_inputs"), torch.Tensor):
+            state["_inputs"] = None
+        return state
+
+    def _fetch(self, index: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_inputs", None) is None:
+            self._inputs = open_images(self.cache_file)
+        x = self._inputs[index.reshape(-1)]
+        return x.reshape(*index.shape, *x.shape[1:]).float().div_(255.0)
+
+    def sample(self, split: str, generators: list[torch.Generator]) -> TaskBatch:
+        batch = super().sample(split, generators)
+        support, query = batch.support_x, batch.query_x
+        if self.augment and split == "train":  # drawn after the task's own numbers, from the same generator
+            support = augment_tasks(self.augmentation, support, generators)
+            query = augment_tasks(self.augmentation, query, generators)
+        if self.normalize:
+            support, query = self._normalize(support), self._normalize(query)
+        return TaskBatch(support, batch.support_y, query, batch.query_y)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if hasattr(self, "class_names") else str(label)
+
+
+def read_csv_rows(path: Path) -> list[tuple[str, str]]:
+    """``(filename, label)`` rows of a Ravi & Larochelle CSV (header ``filename,label``)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
+        raise ValueError(f"{path} does not start with the header 'filename,label'")
+    return [(r[0].strip(), r[1].strip()) for r in rows[1:]]
+
+
+def png_item(value: Any) -> Callable[[], RawImage]:
+    """A loader for one PNG stored as bytes or as a uint8 array (``cv2.imencode``'s output)."""
+    return lambda: value if isinstance(value, bytes | np.ndarray) else bytes(value)
+
+
+def array_rows(array: np.ndarray, rows: Sequence[int]) -> list[Callable[[], RawImage]]:
+    return [lambda i=i: np.asarray(array[i]) for i in rows]

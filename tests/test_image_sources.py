@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
 
 from lightning_meta import MAML, CIFARFSTasks, EpisodicDataModule, FC100Tasks, MiniImageNetTasks, TieredImageNetTasks
@@ -316,3 +319,34 @@ def test_maml_fit_two_steps(case, roots, cache):
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     accuracy = float(trainer.callback_metrics["val/acc"])
     assert 0.0 <= accuracy <= 1.0 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_eval_episodes_identical_across_ddp_world_sizes(tmp_path):
+    """A real 2-rank ``ddp`` launch on CPU (gloo), 2 forkserver workers per rank, validates and tests over a
+    synthetic miniImageNet: the ranks' shards are disjoint, their union is the whole fixed set (odd sizes, so the
+    shards differ), and every episode is bitwise the one a single process (world size 1, no workers) draws."""
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from ddp_image_episodes import EVAL, datamodule, episodes
+
+    root = synthetic.synthetic_miniimagenet(tmp_path / "mini", "pickle", images_per_class=PER_CLASS, image_size=32)
+    cache = tmp_path / "cache"
+    single = datamodule(str(root), str(cache))
+    single.setup()  # writes the cache the ranks then read
+    expected = {split: episodes(list(loader.sampler), list(loader))
+                for split, loader in (("val", single.val_dataloader()), ("test", single.test_dataloader()))}
+    out = tmp_path / "out"
+    out.mkdir()
+    run_script("ddp_image_episodes.py", str(out), str(root), str(cache), "2", timeout=240)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for rank, saved in enumerate(ranks):
+        assert (saved["world_size"], saved["rank"], saved["backend"]) == (2, rank, "gloo")
+        assert saved["loaders"] == [{"num_workers": 2, "start_method": "forkserver"}] * 2
+    for split in ("val", "test"):
+        shards = [saved[split] for saved in ranks]
+        assert len(expected[split]) == EVAL[f"{split}_episodes"]
+        assert not shards[0].keys() & shards[1].keys() and len(shards[0]) == len(shards[1]) + 1
+        assert sorted(shards[0].keys() | shards[1].keys()) == sorted(expected[split])
+        for shard in shards:
+            for index, tensors in shard.items():
+                for got, want in zip(tensors, expected[split][index]):
+                    assert got.dtype == want.dtype and torch.equal(got, want), (split, index)

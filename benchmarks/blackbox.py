@@ -5,10 +5,10 @@
 Speed: Conv-4, Omniglot 5-way 1-shot 15-query meta-batches of 32 (the shapes of ``benchmarks/maml.py``), every
 aggregator against ``MAML`` second-order (1 inner step, the paper's setting) in the same process, contenders
 alternating within each round, median of ``--rounds``; an optimizer step is included. Training is tasks/s of
-``objective(batch).loss.backward()``; evaluation is episodes/s of ``predict_step`` against MAML's validation with
-one inner step (its cheapest). Also measured: the encoder pass (tasks per pass, channels-last) that
-``encoder_tasks="auto"`` picks, and the black-box layout as shipped before (NCHW, the whole meta-batch in one
-pass).
+``objective(batch).loss.backward()``; evaluation is episodes/s of ``predict_step`` against MAML's evaluation with
+one inner step (its cheapest) and with three (the paper's Omniglot setting, as in ``benchmarks/learners.py``).
+Also measured: the encoder pass (tasks per pass, channels-last) that ``encoder_tasks="auto"`` picks, and the
+black-box layout as shipped before (NCHW, the whole meta-batch in one pass).
 
 Calibration: ``BlackBoxAdaptation(predict_variance=True)`` on sinusoids (10 shots, 10 queries), trained for
 ``--calibration-steps`` steps, then 600 fixed test tasks: MSE of the mean and the fraction of query targets inside
@@ -29,7 +29,7 @@ import torch
 from common import save
 from maml import DEVICE, META_BATCH, WAYS, batches, ours_eval, ours_train, race
 
-from lightning_meta import BlackBoxAdaptation, EpisodicDataModule, SinusoidTasks, TaskBatch
+from lightning_meta import MAML, BlackBoxAdaptation, EpisodicDataModule, SinusoidTasks, TaskBatch
 from lightning_meta.models import MLP, Conv4
 
 AGGREGATORS = ("mean", "attention", "sequence", "snail")
@@ -64,6 +64,18 @@ def bb_eval(aggregator: str, **kwargs):
     return step
 
 
+def maml_eval(inner_steps: int):
+    """MAML's evaluation as the paper's Omniglot setting runs it (3 inner steps; ``benchmarks/learners.py``)."""
+    torch.manual_seed(0)
+    maml = MAML(Conv4(out_features=WAYS), inner_lr=0.4, eval_inner_steps=inner_steps).to(DEVICE).eval()
+
+    def step(batch: TaskBatch) -> None:
+        with torch.no_grad():
+            maml.query_trajectory(batch, at={inner_steps})
+
+    return step
+
+
 def speed(rounds: int, steps: int) -> dict:
     data = batches(8)
     train = {"maml_second_order": ours_train("second_order")}
@@ -71,14 +83,15 @@ def speed(rounds: int, steps: int) -> dict:
     for per_pass in (2, 4, "all"):  # what "auto" (1 task per pass on CPU) was chosen against
         train[f"blackbox_attention_tasks_per_pass_{per_pass}"] = bb_train("attention", encoder_tasks=per_pass)
     train["blackbox_attention_as_before"] = bb_train("attention", channels_last=False, encoder_tasks="all")
-    evals = {"maml_1_inner_step": ours_eval(False)} | {f"blackbox_{a}": bb_eval(a) for a in AGGREGATORS}
+    evals = {"maml_1_inner_step": ours_eval(False), "maml_3_inner_steps": maml_eval(3)}
+    evals |= {f"blackbox_{a}": bb_eval(a) for a in AGGREGATORS}
     evals["blackbox_attention_as_before"] = bb_eval("attention", channels_last=False, encoder_tasks="all")
     out = {}
-    for kind, contenders in (("train_tasks_per_s", train), ("eval_episodes_per_s", evals)):
+    for kind, ratio, contenders in (("train_tasks_per_s", "train_x_maml", train),
+                                    ("eval_episodes_per_s", "eval_x_maml", evals)):
         rates = race(contenders, data, rounds, steps)
         base = next(iter(rates.values()))
-        out[kind] = rates
-        out[kind.replace("_per_s", "_x_maml")] = {k: v / base for k, v in rates.items()}
+        out[kind], out[ratio] = rates, {k: v / base for k, v in rates.items()}
         print(f"\n{kind}")
         for name, value in rates.items():
             print(f"  {name:45s} {value:8.1f}  x{value / base:.2f} MAML")

@@ -2,6 +2,8 @@
 
     python benchmarks/learners.py [--budget 120] [--points 3] [--only maml_second_order,protonet]
 
+``--only`` reruns some rows and merges them into the saved table (each row records its run's time).
+
 Each learner trains for ``--budget`` seconds (``Trainer(max_time=...)``) on the Vinyals split, one after the
 other in this process, on the same task stream; it is tested on 200 fixed episodes at each of ``--points``
 equally spaced moments of training time (scoring time not counted) and on the 600 fixed test episodes (95% CI)
@@ -14,13 +16,16 @@ table and ``scripts/make_figures.py`` the plot (test accuracy against training t
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
-from common import omniglot_root, save
+from common import RESULTS, omniglot_root, save
 
 from lightning_meta import IMAML, MAML, BlackBoxAdaptation, EpisodicDataModule, OmniglotTasks, ProtoNet, Reptile
+from lightning_meta.algorithms.blackbox import AGGREGATORS
 from lightning_meta.models import Conv4
 
 #: published Omniglot 5-way 1-shot accuracy (%) and its source; full training budgets
@@ -32,7 +37,10 @@ PUBLISHED = {
     "imaml": (99.16, "Rajeswaran et al. 2019 (GD)"),
     "reptile": (97.68, "Nichol et al. 2018 (transductive)"),
     "protonet": (98.8, "Snell et al. 2017"),
-    "blackbox_attention": (99.07, "SNAIL, Mishra et al. 2018 (a different black-box model)"),
+    "blackbox_mean": (None, "no published Omniglot number for a CNP-style mean aggregator"),
+    "blackbox_attention": (None, "no published Omniglot number for this attention aggregator"),
+    "blackbox_sequence": (82.8, "MANN (Santoro et al. 2016, in Finn et al. 2017's table; no conv encoder)"),
+    "blackbox_snail": (99.07, "SNAIL, Mishra et al. 2018"),
 }
 
 
@@ -53,9 +61,21 @@ def learners() -> dict:
         "imaml": (lambda: IMAML(conv4(), inner_lr=0.1, inner_steps=16, lam=2.0, cg_steps=5), 32, 5),
         "reptile": (lambda: Reptile(conv4(), inner_lr=0.001, inner_steps=5, eval_inner_steps=50), 5, 5),
         "protonet": (lambda: ProtoNet(Conv4(embed_only=True)), 1, 60),
-        "blackbox_attention": (lambda: BlackBoxAdaptation(Conv4(embed_only=True), aggregator="attention", ways=5,
-                                                          task_dim=64, hidden=128), 32, 5),
+        **{f"blackbox_{aggregator}": (partial(blackbox, aggregator), 8, 5) for aggregator in AGGREGATORS},
     }
+
+
+#: Adam's lr per black-box aggregator: from 4,000-task runs at meta-batch 8 (one seed each, docs/learners.md);
+#: attention: 1e-3 (68 %) over 3e-3 (66 %) and 3e-4 (58 %); snail: 3e-4 (76 %) over 1e-3 (37 %), 1e-4 and 3e-3
+#: (chance); mean and sequence were not tuned (1e-3)
+BLACKBOX_LR = {"mean": 1e-3, "attention": 1e-3, "sequence": 1e-3, "snail": 3e-4}
+
+
+def blackbox(aggregator: str) -> BlackBoxAdaptation:
+    """Black-box adaptation as ``examples/configs/blackbox_omniglot.yaml`` builds it, meta-batch 8 (more steps in the
+    budget than 32: black-box learners need many small steps early on)."""
+    return BlackBoxAdaptation(Conv4(embed_only=True), aggregator=aggregator, ways=5, task_dim=64, hidden=128,
+                              optimizer=partial(torch.optim.Adam, lr=BLACKBOX_LR[aggregator]))
 
 
 def datamodule(meta_batch: int, train_ways: int, test_episodes: int) -> EpisodicDataModule:
@@ -131,8 +151,17 @@ def main() -> None:
         published = "n/a" if r["published"] is None else f"{r['published']:.2f}"
         print(f"{name:22s} {r['tasks_per_s']:8.1f} {r['steps']:6d} {100 * r['acc']:8.2f} +- {100 * r['acc_ci95']:4.2f}"
               f" {published:>10s}")
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    for r in results.values():
+        r["run"] = stamp
+    saved = RESULTS / "learners.json"
+    previous = json.loads(saved.read_text()) if args.only and saved.exists() else {}
+    if previous and previous.get("budget_seconds") != args.budget:
+        raise SystemExit(f"--only merges into learners.json, whose budget is {previous['budget_seconds']} s; "
+                         f"run with --budget {previous['budget_seconds']} or without --only")
+    merged = {**previous.get("results", {}), **results}  # --only reruns some rows; the others keep their run
     save("learners", {"budget_seconds": args.budget, "setting": "Omniglot 5-way 1-shot, Vinyals split, Conv-4",
-                      "results": results})
+                      "results": {name: merged[name] for name in learners() if name in merged}})
 
 
 if __name__ == "__main__":

@@ -56,22 +56,43 @@ def main() -> None:
                       table(["meta_gradient", "inner steps", "MiB", "x its fewest-steps row"],
                             [[r["mode"], r["steps"], fmt(r["added_bytes"] / 2**20, 0),
                               fmt(r["added_bytes"] / base[r["mode"]])] for r in maml["memory"]]), ""]
-    if blackbox:
-        rows = []
-        for setting, learners in blackbox["results"].items():
-            for name, r in learners.items():
-                metric = "mse" if "mse" in r else "acc"
-                rows.append([setting, name, fmt(r["tasks_per_s"], 1), r["steps"],
-                             f"{metric} {fmt(r[metric], 3)} +- {fmt(r[metric + '_ci95'], 3)}"])
-        parts += ["## Black-box adaptation vs MAML at equal wall-clock budget", "",
-                  f"Budgets (seconds of training each): {blackbox['budget_seconds']}", "",
-                  table(["setting", "learner", "tasks/s", "steps", "test (600 episodes)"], rows), ""]
+    parts += blackbox_section(blackbox)
     parts += learners_section(load("learners"))
     parts += before_after_section(load("before_after_maml"))
     if INTRO:
         parts += [INTRO]
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
     print("wrote docs/benchmarks.md")
+
+
+def blackbox_section(result: dict) -> list[str]:
+    """``benchmarks/blackbox.py``: each aggregator's speed against MAML in the same run, and calibration."""
+    if "speed" not in result:
+        return []
+    speed = result["speed"]
+    train, evals = speed["train_tasks_per_s"], speed["eval_episodes_per_s"]
+    rows = [[name, fmt(rate, 1), fmt(speed["train_x_maml"][name])] for name, rate in train.items()]
+    eval_rows = [[name, fmt(rate, 1), fmt(speed["eval_x_maml"][name])] for name, rate in evals.items()]
+    share = speed["snail_stack_share"]
+    parts = ["## Black-box adaptation against MAML (`benchmarks/blackbox.py`)", "",
+             f"{result['setting']}, device {result['device']}; every contender in the same process, alternating "
+             "within each round, median of the rounds; an Adam step included in training. `as_before` is the layout "
+             "black-box adaptation had before (NCHW, the whole meta-batch in one encoder pass); `tasks_per_pass_N` "
+             "are the choices `encoder_tasks=\"auto\"` (one task per pass on CPU) was picked against.", "",
+             table(["training", "tasks/s", "x MAML"], rows), "",
+             table(["evaluation", "episodes/s", "x MAML (1 inner step)"], eval_rows), "",
+             f"The SNAIL stack's forward and backward alone take {fmt(share['stack_seconds'], 3)} s of its learner's "
+             f"{fmt(share['step_seconds'], 3)} s training step ({100 * share['share']:.0f} %).", ""]
+    calibration = result.get("calibration")
+    if calibration:
+        parts += [f"Calibration of `predict_variance=True` (attention aggregator, sinusoids with 10 shots and 10 "
+                  f"queries, {calibration['steps']} training steps): on {calibration['test_tasks']} test tasks the "
+                  f"MSE of the mean is {fmt(calibration['mse'], 3)} +- {fmt(calibration['mse_ci95'], 3)}; the "
+                  "fraction of query targets inside the central predicted interval:", "",
+                  table(["interval", "targets inside"],
+                        [[f"{100 * float(level):.0f} %", fmt(value, 3)]
+                         for level, value in calibration["coverage"].items()]), ""]
+    return parts
 
 
 def learners_section(result: dict) -> list[str]:
@@ -82,13 +103,15 @@ def learners_section(result: dict) -> list[str]:
     for name, r in result["results"].items():
         published = "n/a" if r["published"] is None else f"{r['published']:.2f}"
         rows.append([name, fmt(r["tasks_per_s"], 1), r["steps"],
-                     f"{100 * r['acc']:.2f} +- {100 * r['acc_ci95']:.2f}", published, r["source"]])
+                     f"{100 * r['acc']:.2f} +- {100 * r['acc_ci95']:.2f}", published, r["source"],
+                     r.get("run", "before runs were dated")])
     return ["## All learners at an equal wall-clock budget (`benchmarks/learners.py`)", "",
             f"{result['setting']}; each learner trained for {result['budget_seconds']:.0f} s on this machine, one "
             "after the other, then tested on the same 600 fixed episodes (mean and 95% CI, %). The published "
             "column is each paper's full-budget result (tens of thousands of steps, usually on a GPU): where a "
             "learner ends up, not where it is after a few minutes on 2 CPU cores.", "",
-            table(["learner", "tasks/s", "steps", "test acc (600 episodes)", "published", "source"], rows), "",
+            "Rows rerun together (`--only`) share their run's time; compare accuracies within one run.", "",
+            table(["learner", "tasks/s", "steps", "test acc (600 episodes)", "published", "source", "run"], rows), "",
             "![test accuracy against training time](img/learners.png)", ""]
 
 

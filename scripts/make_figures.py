@@ -136,10 +136,12 @@ def learners_over_time() -> None:
         print("skipped learners.png: run benchmarks/learners.py first")
         return
     results = json.loads(path.read_text())
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (name, r), marker in zip(results["results"].items(), "os^vD<>ph*"):
+    fig, ax = plt.subplots(figsize=(8.6, 4.2))
+    for (name, r), marker in zip(results["results"].items(), "os^vD<>ph*XP"):
         curve = r["curve"]
-        ax.plot([p["seconds"] for p in curve], [100 * p["acc"] for p in curve], marker=marker, label=name)
+        style = "--" if name.startswith("blackbox") else "-"  # black-box rows dashed: 10 colours repeat after 10 rows
+        ax.plot([p["seconds"] for p in curve], [100 * p["acc"] for p in curve], marker=marker, linestyle=style,
+                label=name)
     ax.axhline(20, color="0.6", linestyle=":", linewidth=1)
     ax.set_xlabel("training time (s, this machine's CPU; scoring time not counted)")
     ax.set_ylabel("test accuracy (%), 200 fixed episodes")
@@ -147,7 +149,7 @@ def learners_over_time() -> None:
                  fontsize=10)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the curves fill the corners
     _save(fig, "learners.png")
 
 

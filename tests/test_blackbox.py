@@ -164,3 +164,17 @@ def test_bf16_mixed_trains_on_cpu():
     trainer.fit(model, dm)
     after = trainer.test(model, dm, verbose=False)[0]["test/mse"]
     assert after < 0.8 * before
+
+
+def test_predictive_is_the_gaussian_the_nll_is_trained_on():
+    """``predictive`` returns the mean that is scored and the variance the Gaussian NLL uses."""
+    model = regression_model("attention", predict_variance=True)
+    batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(3)])
+    mean, var = model.predictive(batch)
+    out = model(batch)
+    torch.testing.assert_close(mean, out[..., :1])
+    torch.testing.assert_close(var, torch.nn.functional.softplus(out[..., 1:2]) + 1e-3)
+    torch.testing.assert_close(mean, model.predict_step(batch, 0))
+    losses = model.objective(batch).query_losses
+    nll = torch.nn.functional.gaussian_nll_loss(mean, batch.query_y, var, reduction="none").flatten(1).mean(1)
+    torch.testing.assert_close(losses, nll)

@@ -124,3 +124,23 @@ def test_bad_arguments():
         SNAIL(4, 1)
     with pytest.raises(ValueError, match="support_size must be an integer >= 1, got 0"):
         BlackBoxAdaptation(MLP(out_features=8), feature_dim=8, aggregator="snail", support_size=0)
+
+
+def test_blackbox_snail_trains_under_bf16_mixed():
+    """A real Trainer fit under bf16 autocast on CPU: the query MSE falls and every weight stays finite."""
+    import pytorch_lightning as pl
+
+    from lightning_meta import EpisodicDataModule, SinusoidTasks
+
+    torch.manual_seed(0)
+    learner = BlackBoxAdaptation(MLP(out_features=32, hidden=(32,)), feature_dim=32, aggregator="snail", task_dim=16,
+                                 hidden=32, support_size=10)
+    dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25, train_episodes_per_epoch=25 * 100,
+                            val_episodes=0, test_episodes=100, eval_meta_batch_size=100)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=100, precision="bf16-mixed", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    before = trainer.test(learner, dm, verbose=False)[0]["test/mse"]
+    trainer.fit(learner, dm)
+    after = trainer.test(learner, dm, verbose=False)[0]["test/mse"]
+    assert all(torch.isfinite(p).all() for p in learner.parameters())
+    assert after < 0.8 * before, (before, after)

@@ -125,7 +125,9 @@ class BlackBoxAdaptation(MetaLearner):
             self.attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
         elif aggregator == "sequence":
             self.token_in = nn.Linear(feature_dim + label_dim, hidden)
-            block = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, batch_first=True)
+            # pre-LN: post-LN stayed at chance for 4,000 Omniglot tasks at lr 1e-3 and 3e-4; pre-LN reached 69 %
+            block = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, batch_first=True,
+                                               norm_first=True)
             self.sequence = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         elif aggregator == "snail":
             self.snail = SNAIL(feature_dim + label_dim, support_size + 1)

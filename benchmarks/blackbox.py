@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from functools import partial
 
 import pytorch_lightning as pl
@@ -101,8 +102,6 @@ def speed(rounds: int, steps: int) -> dict:
 
 def snail_share(batch: TaskBatch) -> dict:
     """Time of the SNAIL stack's forward and backward alone against the whole SNAIL learner's training step."""
-    import time
-
     model = blackbox("snail")
     width = model.snail.layers[0].key.in_features
     support = torch.randn(META_BATCH, batch.support_x.shape[1], width, device=DEVICE, requires_grad=True)

@@ -43,3 +43,27 @@ def save(name: str, payload: dict) -> Path:
     os.replace(tmp, path)
     print(f"saved {path}")
     return path
+
+
+def step_memory(step: Callable[[], None], device: torch.device) -> int:
+    """Bytes one call of ``step`` adds at its peak: CUDA ``max_memory_allocated`` after a reset, or on CPU the peak
+    RSS during the step minus the RSS before it (run it in a fresh process: RSS is a process-wide peak)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    before = rss_kib("VmRSS")
+    step()
+    return (rss_kib("VmHWM") - before) * 1024
+
+
+def rss_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")

@@ -28,10 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-from common import omniglot_root, save
+from common import omniglot_root, save, step_memory
 from torch.func import functional_call
 
 from lightning_meta import IMAML, MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
@@ -190,26 +189,8 @@ def memory_child(mode: str, steps: int) -> None:
         maml = IMAML(Conv4(out_features=WAYS), inner_lr=0.1, inner_steps=steps, lam=2.0, cg_steps=5).to(DEVICE)
     else:
         maml = MAML(Conv4(out_features=WAYS), inner_lr=INNER_LR, inner_steps=steps, meta_gradient=mode).to(DEVICE)
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        maml.objective(batch).loss.backward()
-        torch.cuda.synchronize()
-        added = torch.cuda.max_memory_allocated() - before
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
-        before = rss_kib("VmRSS")
-        maml.objective(batch).loss.backward()
-        added = (rss_kib("VmHWM") - before) * 1024
+    added = step_memory(lambda: maml.objective(batch).loss.backward(), DEVICE)
     print(json.dumps({"mode": mode, "steps": steps, "added_bytes": int(added)}))
-
-
-def rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_table() -> list[dict]:

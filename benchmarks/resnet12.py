@@ -23,10 +23,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-from common import save
+from common import save, step_memory
 
 from lightning_meta import MAML, TaskBatch
 from lightning_meta.models import ResNet12
@@ -75,26 +74,8 @@ def speed_child(mode: str, cfg: dict) -> None:
 def memory_child(mode: str, cfg: dict) -> None:
     """Run in a fresh process: memory one training step adds, printed as JSON."""
     maml, batch = setup(mode, cfg)
-    if DEVICE.type == "cuda":
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        maml.objective(batch).loss.backward()
-        sync()
-        added = torch.cuda.max_memory_allocated() - before
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
-        before = rss_kib("VmRSS")
-        maml.objective(batch).loss.backward()
-        added = (rss_kib("VmHWM") - before) * 1024
+    added = step_memory(lambda: maml.objective(batch).loss.backward(), DEVICE)
     print(json.dumps({"mode": mode, "added_bytes": int(added)}))
-
-
-def rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def child(kind: str, mode: str, cfg: dict) -> dict:

@@ -92,6 +92,11 @@ def folder_items(root: Path, expected: str, dataset: str) -> tuple[list[Path], l
     return files, items
 
 
+#: per-channel mean and std of miniImageNet's training images (MetaOptNet, FEAT; used for tieredImageNet too)
+IMAGENET_MEAN = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
+IMAGENET_STD = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.0)
+
+
 class ImageTasks(ClassificationTasks):
     """Base of the RGB few-shot datasets (miniImageNet, tieredImageNet, CIFAR-FS, FC100); see those classes.
 

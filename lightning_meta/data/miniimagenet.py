@@ -6,6 +6,8 @@ from pathlib import Path
 
 from lightning_meta.data.image_cache import image_files
 from lightning_meta.data.image_tasks import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     WNID,
     ImageTasks,
     Item,
@@ -67,8 +69,7 @@ class MiniImageNetTasks(ImageTasks):
     expected_layout = EXPECTED_LAYOUT
     default_image_size = 84
     crop_padding = 8
-    mean = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
-    std = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.0)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def _layout(self, root: Path) -> tuple[str, list[Path]]:
         pickles = [root / name for name in PICKLES]

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from lightning_meta.data.image_tasks import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ImageTasks,
     Item,
     array_rows,
@@ -61,8 +63,7 @@ class TieredImageNetTasks(ImageTasks):
     expected_layout = EXPECTED_LAYOUT
     default_image_size = 84
     crop_padding = 8
-    mean = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
-    std = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.0)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def _split_keys(self) -> dict[str, list[str]]:
         return {split: list(tieredimagenet_split(split)) for split in SPLITS}

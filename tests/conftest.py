@@ -121,9 +121,27 @@ def run_script(name: str, *args: str, timeout: int = 300, check: bool = True,
     with reserved_port() as port:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               env={**script_env(MASTER_PORT=str(port)), **(env or {})}, cwd=args[0] if args else None)
-    if check and proc.returncode != 0:
+    if check and not exited_cleanly(proc):
         raise AssertionError(failure_report(name, proc))
     return proc
+
+
+#: what the upstream abort of a gloo DDP process at interpreter exit prints (docs/howto/ddp.md)
+UPSTREAM_ABORT = "terminate called without an active exception"
+
+
+def exited_cleanly(proc: subprocess.CompletedProcess) -> bool:
+    """Exit 0, or only the upstream SIGABRT at interpreter exit of a DDP process (torch >= 2.12 with Python 3.11: a
+    gloo worker thread frees a work object after finalization began; docs/howto/ddp.md), with no Python error in
+    the output. The abort comes after the script's last statement, so what the launch wrote is complete, and the
+    tests check it like any other result; accepting it is printed, never silent."""
+    if proc.returncode == 0:
+        return True
+    output = f"{proc.stdout or ''}\n{proc.stderr or ''}"
+    accepted = proc.returncode in (-6, 134) and UPSTREAM_ABORT in output and "Traceback" not in output
+    if accepted:
+        print(f"accepted the upstream SIGABRT at interpreter exit of {proc.args[1:3]}:\n{output[-800:]}")
+    return accepted
 
 
 def failure_report(name: str, proc: subprocess.CompletedProcess) -> str:

@@ -12,7 +12,14 @@ set -euo pipefail
 python -m pip install -q "cython>=3,<4" "setuptools<81" scipy tqdm requests
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python -m pip download -q --no-deps --no-binary :all: "learn2learn==0.2.0" -d "$work"
+# The sdist, not a wheel: `--no-binary learn2learn` (not `:all:`, which also applies to the sdist's build
+# requirements, so pip would first compile Cython and setuptools from their sources just to read learn2learn's
+# metadata), and `--no-build-isolation` (that metadata is read with the Cython and setuptools installed above).
+# Measured on 2 busy CPU cores, fresh venv with torch 2.13.0, empty pip cache: this whole script took 512 s wall
+# (212 s CPU) with `--no-binary :all:`, 270-430 s of it in this download compiling Cython's own C modules
+# (19 seen, refnanny.c among them); now 79 s (29 s CPU), the download 3.5 s, and the only C compiled is
+# learn2learn's own 3 extensions.
+python -m pip download -q --no-deps --no-binary learn2learn --no-build-isolation "learn2learn==0.2.0" -d "$work"
 tar -xzf "$work"/learn2learn-0.2.0.tar.gz -C "$work"
 src="$work/learn2learn-0.2.0"
 rm -rf "$src/.eggs"

@@ -6,6 +6,7 @@ import os
 
 from lightning_meta._lightning import submodule
 from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.checkpoints import check_checkpoint_file
 from lightning_meta.data.datamodule import EpisodicDataModule
 
 LightningCLI, SaveConfigCallback = submodule("cli").LightningCLI, submodule("cli").SaveConfigCallback
@@ -24,6 +25,19 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({k: config.get(k) for k in ("model", "data", "trainer", "seed_everything")})
 
 
+class MetaLightningCLI(LightningCLI):
+    """LightningCLI that checks ``--ckpt_path`` as soon as the arguments are parsed (LightningCLI then reads the
+    file's hyper-parameters with ``torch.load``, before anything is built): a file that is not a PyTorch checkpoint
+    is an [UnreadableCheckpointError][lightning_meta.checkpoints.UnreadableCheckpointError] naming it, not torch's
+    unpickling error."""
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+
+
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Build (and with ``run=True`` run) the CLI in-process; returns it, e.g. to read ``cli.trainer`` in a notebook.
 
@@ -31,7 +45,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     its function's return value to ``sys.exit``, and a returned object is an exit status of 1.
     """
     os.environ.setdefault("WANDB_MODE", "offline")
-    return LightningCLI(
+    return MetaLightningCLI(
         model_class=MetaLearner,
         datamodule_class=EpisodicDataModule,
         subclass_mode_model=True,

@@ -3,14 +3,14 @@
 # a time, and count launches that fail or hang (killed after 150 s). This found the fork-at-birth deadlock of
 # DataLoader workers (docs/howto/ddp.md); pass a start method to compare:
 #
-#   bash scripts/stress_workers.sh N [PARALLEL=3] [START_METHOD=forkserver]
+#   bash scripts/stress_workers.sh N [PARALLEL=3] [START_METHOD=auto]
 #
 # Logs in $STRESS_LOGS (default /tmp/stress_workers), one folder per launch. Last line: `hung or failed: X of N`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 n="${1:?usage: stress_workers.sh N [PARALLEL] [START_METHOD]}"
 par="${2:-3}"
-method="${3:-forkserver}"
+method="${3:-auto}"
 logs="${STRESS_LOGS:-/tmp/stress_workers}"
 rm -rf "$logs" && mkdir -p "$logs"
 python="${PYTHON:-$(command -v python || command -v python3)}"

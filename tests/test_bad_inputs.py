@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import REPO, index_dataset  # noqa: E402
+from conftest import REPO, index_dataset, mixed_sizes  # noqa: E402
 
 from lightning_meta import (  # noqa: E402
     MAML,
@@ -31,8 +31,9 @@ from lightning_meta import (  # noqa: E402
     SinusoidTasks,
     TaskBatch,
 )
+from lightning_meta.cli import main as cli_main  # noqa: E402
 from lightning_meta.data.omniglot import load_omniglot, load_omniglot_cached  # noqa: E402
-from lightning_meta.models import MLP, Conv4  # noqa: E402
+from lightning_meta.models import MLP, SNAIL, Conv4, ResNet12  # noqa: E402
 
 DOC = REPO / "docs" / "reliability.md"
 START, END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
@@ -71,6 +72,26 @@ def not_a_zip(root: Path) -> None:
     (root / "images_background.zip").write_text("<html>rate limited</html>")
     (root / "images_evaluation.zip").write_text("<html>rate limited</html>")
     OmniglotTasks(str(root), cache_dir=str(root / "cache")).setup()
+
+
+def garbage(root: Path) -> Path:
+    """A file of garbage bytes where a checkpoint should be (a wrong file, or a copy that is not a checkpoint)."""
+    path = root / "model.ckpt"
+    path.write_bytes(bytes(range(256)) * 4)
+    return path
+
+
+def fit_from(path: Path) -> None:
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(MAML(MLP(), inner_lr=0.01), sinusoids(), ckpt_path=str(path))
+
+
+def cli_fit_from(path: Path) -> None:
+    cli_main(["fit", "--config", str(REPO / "examples" / "configs" / "sinusoid_maml.yaml"), "--trainer.logger=false",
+              "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", f"--ckpt_path={path}"])
+
+
 
 
 x3, y3 = torch.zeros(2, 5, 1), torch.zeros(2, 5, 1)
@@ -138,12 +159,43 @@ CASES = [
     Case("`MAML(MLP(out_features=3))` on sinusoids (targets `[K, 1]`)", "first batch",
          lambda _: first_batch(MAML(MLP(out_features=3), inner_lr=0.01), sinusoids()), ValueError,
          ("(3,)", "(1,)", "out_features=1")),
-    Case("`BlackBoxAdaptation(ways=5)` on 10-way tasks", "first batch",
+    Case("`BlackBoxAdaptation(ways=5)` trained on 10-way tasks", "first batch",
          lambda _: first_batch(BlackBoxAdaptation(MLP(in_features=3, out_features=8), feature_dim=8, ways=5),
                                EpisodicDataModule(ClassificationTasks(index_dataset(30), ways=10, queries=2,
                                                                      split_fractions=(0.34, 0.33, 0.33)),
                                                   meta_batch_size=2)),
-         ValueError, ("5-way", "10 ways", "ways >= 10")),
+         ValueError, ("ways=5", "10-way", "cannot answer 10 classes", "ways=10")),
+    Case("`BlackBoxAdaptation(ways=5)` trained on 3-way tasks", "first batch",
+         lambda _: first_batch(BlackBoxAdaptation(MLP(in_features=3, out_features=8), feature_dim=8, ways=5),
+                               EpisodicDataModule(ClassificationTasks(index_dataset(), ways=3, queries=2,
+                                                                     split_fractions=(0.5, 0.25, 0.25)),
+                                                  meta_batch_size=2)),
+         ValueError, ("ways=5", "3-way", "needs 5-way tasks", "2 of its 5 class scores", "ways=3")),
+    Case("`Conv4(out_features=None)`", "construction", lambda _: Conv4(out_features=None), ValueError,
+         ("out_features", "integer >= 1", "None")),
+    Case("`Conv4(image_size=10)`", "construction", lambda _: Conv4(image_size=10), ValueError,
+         ("image_size", ">= 16", "10")),
+    Case("`MLP(hidden=(40, 0))`", "construction", lambda _: MLP(hidden=(40, 0)), ValueError,
+         ("hidden[1]", ">= 1", "0")),
+    Case("`MLP(activation='gelu')`", "construction", lambda _: MLP(activation="gelu"), ValueError,
+         ("activation", "'relu'", "'gelu'")),
+    Case("`ResNet12(out_features=None)`", "construction", lambda _: ResNet12(out_features=None), ValueError,
+         ("out_features", "integer >= 1", "None")),
+    Case("`SNAIL(in_features=0, sequence_length=6)`", "construction", lambda _: SNAIL(0, 6), ValueError,
+         ("in_features", ">= 1", "0")),
+    Case("`EpisodicDataModule(seed='abc')`", "construction",
+         lambda _: EpisodicDataModule(SinusoidTasks(), seed="abc"), ValueError, ("seed", "integer", "'abc'")),
+    Case("`ClassificationTasks(dataset)` over images of different sizes", "setup",
+         lambda _: EpisodicDataModule(ClassificationTasks(mixed_sizes(), ways=2)).setup("fit"), ValueError,
+         ("dataset[0] is (1, 28, 28)", "dataset[7] is (1, 32, 32)", "resizes every image to one size",
+          "image_size")),
+    Case("`MAML.load_from_checkpoint(path)`, path a file of garbage bytes", "load",
+         lambda root: MAML.load_from_checkpoint(garbage(root), model=MLP()), ValueError,
+         ("model.ckpt", "not a readable PyTorch checkpoint", "truncated")),
+    Case("`trainer.fit(model, dm, ckpt_path=path)`, path a file of garbage bytes", "start of fit",
+         lambda root: fit_from(garbage(root)), ValueError, ("model.ckpt", "not a readable PyTorch checkpoint")),
+    Case("`lightning-meta fit --ckpt_path path`, path a file of garbage bytes", "argument parsing",
+         lambda root: cli_fit_from(garbage(root)), ValueError, ("model.ckpt", "not a readable PyTorch checkpoint")),
     Case("`TaskBatch` whose tensors disagree on T", "first batch",
          lambda _: batch_step(TaskBatch(x3, y3, torch.zeros(3, 5, 1), torch.zeros(3, 5, 1))), ValueError,
          ("number of tasks", "support_x (2, 5, 1)", "query_x (3, 5, 1)")),
@@ -168,6 +220,7 @@ def test_bad_input_gets_a_clear_early_error(case, tmp_path):
     for part in case.names:
         assert part in message, f"{part!r} not in: {message}"
     assert "IndexError" not in message and "size mismatch" not in message
+    assert "weights_only" not in message and "stack expects" not in message
 
 
 def render(root: Path) -> str:

@@ -95,6 +95,30 @@ def quiet_trainer(**kw):
                          "enable_progress_bar": False, "enable_model_summary": False, **kw})
 
 
+def test_training_needs_exactly_ways_but_evaluation_accepts_fewer():
+    """A 5-way model: training on 3-way tasks is an error naming both numbers (a 5-wide head would be trained on
+    two classes that do not exist); trained on 5-way tasks it validates and tests on 3-way ones, masked."""
+    from conftest import index_dataset
+
+    from lightning_meta import ClassificationTasks
+
+    model = BlackBoxAdaptation(MLP(in_features=3, out_features=8, hidden=(8,)), feature_dim=8, ways=5, task_dim=8,
+                               hidden=16).double()  # index_dataset's inputs are float64
+    with pytest.raises(ValueError, match=r"BlackBoxAdaptation\(ways=5\) is being trained on 3-way tasks"):
+        model.objective(TaskBatch(torch.rand(2, 3, 3), torch.arange(3).repeat(2, 1), torch.rand(2, 3, 3),
+                                  torch.arange(3).repeat(2, 1)))
+    tasks = ClassificationTasks(index_dataset(), ways=3, train_ways=5, shots=1, queries=2,
+                                split_fractions=(0.5, 0.25, 0.25))
+    dm = EpisodicDataModule(tasks, meta_batch_size=2, train_episodes_per_epoch=8, val_episodes=4, test_episodes=4)
+    trainer = quiet_trainer(max_steps=4)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 4 and 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+    assert 0.0 <= trainer.test(model, dm, verbose=False)[0]["test/acc"] <= 1.0
+    wrong = ClassificationTasks(index_dataset(), ways=3, shots=1, queries=2, split_fractions=(0.5, 0.25, 0.25))
+    with pytest.raises(ValueError, match="Build it with ways=3, or sample 5-way tasks"):
+        quiet_trainer(max_steps=1, num_sanity_val_steps=0).fit(model, EpisodicDataModule(wrong, meta_batch_size=2))
+
+
 def test_sinusoid_mse_well_below_predicting_zero():
     model = regression_model("attention")
     dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25, train_episodes_per_epoch=5000,

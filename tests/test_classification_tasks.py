@@ -1,6 +1,9 @@
+import pickle
+import threading
+
 import pytest
 import torch
-from conftest import index_dataset
+from conftest import ListDataset, index_dataset, mixed_sizes
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_meta.data import ClassificationTasks, TaskBatch
@@ -94,16 +97,6 @@ def test_class_table_matches_python_loop():
     assert examples.tolist() == [[1, 4, -1], [0, 2, 5], [3, 6, -1]]
 
 
-class ListDataset(Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
 
 def test_generic_dataset_in_memory_and_lazy_agree():
     items = [(torch.full((2,), float(i)), i % 10) for i in range(100)]
@@ -154,3 +147,70 @@ def test_empty_dataset_and_non_integer_labels():
     names = ListDataset([(torch.zeros(1), "cat"), (torch.zeros(1), "dog")])
     with pytest.raises(ValueError, match="label at position 0 is 'cat'"):
         ClassificationTasks(names, ways=2, shots=1, queries=1).setup()
+
+
+
+def test_images_of_different_sizes_name_the_indices_shapes_and_fix():
+    with pytest.raises(ValueError) as info:
+        ClassificationTasks(mixed_sizes(), ways=2, shots=1, queries=1).setup()
+    message = str(info.value)
+    for part in ("dataset[0] is (1, 28, 28)", "dataset[7] is (1, 32, 32)", "resizes every image to one size",
+                 "image_size"):
+        assert part in message, message
+    assert "stack expects" not in message
+    lazy = ClassificationTasks(mixed_sizes(), ways=10, shots=2, queries=2, in_memory=False,
+                               splits={"train": list(range(10))})
+    lazy.setup()  # nothing is stacked at setup; a task holding example 7 (here every task holds all 40) names it
+    with pytest.raises(ValueError, match=r"dataset\[7\] is \(1, 32, 32\)"):
+        lazy.sample("train", gens(1))
+
+
+class LockedDataset(Dataset):
+    """A dataset that does not pickle (it holds a lock), as one holding an open file or a database handle."""
+
+    def __init__(self, n: int = 120, classes: int = 12):
+        self.lock = threading.Lock()
+        self.x, self.y = torch.randn(n, 3), torch.arange(n) % classes
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        with self.lock:
+            return self.x[i], int(self.y[i])
+
+
+def test_in_memory_tasks_pickle_without_their_dataset():
+    tasks = ClassificationTasks(LockedDataset(), ways=3, shots=2, queries=2, split_fractions=(0.5, 0.25, 0.25))
+    with pytest.raises(TypeError, match="lock"):
+        pickle.dumps(tasks)  # before setup the dataset is still needed, so it is still pickled
+    tasks.setup()
+    blob = pickle.dumps(tasks)
+    assert b"LockedDataset" not in blob
+    copy = pickle.loads(blob)
+    assert copy.dataset is None and tasks.dataset is not None  # the original keeps its dataset
+    for split in ("train", "val", "test"):
+        assert all(torch.equal(a, b) for a, b in zip(copy.sample(split, gens(2)), tasks.sample(split, gens(2))))
+    lazy = ClassificationTasks(LockedDataset(), ways=3, shots=2, queries=2, in_memory=False,
+                               split_fractions=(0.5, 0.25, 0.25))
+    lazy.setup()
+    with pytest.raises(TypeError, match="lock"):
+        pickle.dumps(lazy)  # in_memory=False reads the dataset in every worker
+
+
+def test_in_memory_tasks_over_an_unpicklable_dataset_train_with_forkserver_workers():
+    """A real fit with 2 forkserver workers (each receives the task source by pickling): it runs to the end."""
+    import pytorch_lightning as pl
+
+    from lightning_meta import EpisodicDataModule, ProtoNet
+    from lightning_meta.models import MLP
+
+    tasks = ClassificationTasks(LockedDataset(), ways=3, shots=2, queries=2, split_fractions=(0.5, 0.25, 0.25))
+    dm = EpisodicDataModule(tasks, meta_batch_size=2, train_episodes_per_epoch=8, val_episodes=4, test_episodes=0,
+                            num_workers=2, worker_start_method="forkserver")
+    model = ProtoNet(MLP(in_features=3, out_features=8, hidden=(8,)))
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 4 and dm.start_method == "forkserver"
+    assert b"LockedDataset" not in pickle.dumps(dm.tasks)

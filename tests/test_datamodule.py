@@ -35,13 +35,14 @@ def test_eval_episodes_identical_across_workers(start_method):
     assert len(all_tasks(a.val_dataloader())) == 7 and len(all_tasks(a.test_dataloader())) == 9
 
 
-def test_workers_start_by_forkserver_by_default():
-    """A fork from a process with other threads can deadlock the worker (python/cpython#112275; docs/howto/ddp.md):
-    the default start method is forkserver, and the loader's workers really are started by it."""
+def test_workers_start_by_fork_in_one_process():
+    """``worker_start_method="auto"`` (the default) is fork in a process that is not a distributed rank (as a plain
+    PyTorch DataLoader on Linux), and the loader's workers really are started by it (the DDP rule:
+    tests/test_workers.py)."""
     dm = make_dm(num_workers=2)
     loader = dm.train_dataloader()
-    assert dm.worker_start_method == "forkserver"
-    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert dm.worker_start_method == "auto" and dm.start_method == "fork"
+    assert loader.multiprocessing_context.get_start_method() == "fork"
     assert make_dm(num_workers=0).train_dataloader().multiprocessing_context is None  # no workers, no context
 
 

@@ -88,6 +88,16 @@ def test_exception_in_training_exits_1_with_traceback(tmp_path):
     assert "Traceback" in proc.stderr and "FloatingPointError" in proc.stderr and "non-finite" in proc.stderr
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_a_corrupt_checkpoint_is_named_not_blamed_on_weights_only(tmp_path, subcommand):
+    garbage = tmp_path / "last.ckpt"
+    garbage.write_bytes(bytes(range(256)) * 16)
+    proc = run([console_script(), subcommand, "--config", str(CONFIG), *TINY, f"--ckpt_path={garbage}"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"{garbage} is not a readable PyTorch checkpoint" in proc.stderr
+    assert "weights_only" not in proc.stderr
+
+
 def test_python_dash_m_exits_0(tmp_path):
     proc = run([sys.executable, "-m", "lightning_meta", "fit", "--config", str(CONFIG), *TINY,
                 "--trainer.logger=false", "--trainer.callbacks=[]"], tmp_path)

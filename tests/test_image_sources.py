@@ -25,6 +25,7 @@ from lightning_meta.data import synthetic
 from lightning_meta.data.augment import Augmentation, apply
 from lightning_meta.data.miniimagenet import miniimagenet_split
 from lightning_meta.data.tieredimagenet import tieredimagenet_split
+from lightning_meta.data.workers import fork_deadlock_fixed
 from lightning_meta.models import Conv4
 
 SPLITS = ("train", "val", "test")
@@ -322,9 +323,10 @@ def test_maml_fit_two_steps(case, roots, cache):
 
 
 def test_eval_episodes_identical_across_ddp_world_sizes(tmp_path):
-    """A real 2-rank ``ddp`` launch on CPU (gloo), 2 forkserver workers per rank, validates and tests over a
-    synthetic miniImageNet: the ranks' shards are disjoint, their union is the whole fixed set (odd sizes, so the
-    shards differ), and every episode is bitwise the one a single process (world size 1, no workers) draws."""
+    """A real 2-rank ``ddp`` launch on CPU (gloo), 2 workers per rank (``"auto"``: forkserver on this CPython),
+    validates and tests over a synthetic miniImageNet: the ranks' shards are disjoint, their union is the whole
+    fixed set (odd sizes, so the shards differ), and every episode is bitwise the one a single process (world
+    size 1, no workers) draws."""
     sys.path.insert(0, str(Path(__file__).parent / "scripts"))
     from ddp_image_episodes import EVAL, datamodule, episodes
 
@@ -340,7 +342,8 @@ def test_eval_episodes_identical_across_ddp_world_sizes(tmp_path):
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for rank, saved in enumerate(ranks):
         assert (saved["world_size"], saved["rank"], saved["backend"]) == (2, rank, "gloo")
-        assert saved["loaders"] == [{"num_workers": 2, "start_method": "forkserver"}] * 2
+        method = "fork" if fork_deadlock_fixed() else "forkserver"  # worker_start_method="auto" in a DDP rank
+        assert saved["loaders"] == [{"num_workers": 2, "start_method": method}] * 2
     for split in ("val", "test"):
         shards = [saved[split] for saved in ranks]
         assert len(expected[split]) == EVAL[f"{split}_episodes"]

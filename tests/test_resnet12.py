@@ -103,16 +103,19 @@ def test_shapes_feature_dim_and_the_published_parameter_count():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(image_size=15), "image_size must be >= 16"),
+    (dict(image_size=15), r"image_size \(four 2x2 max-poolings\) must be an integer >= 16, got 15"),
     (dict(channels=(64, 160, 320)), "channels must be 4 ints"),
     (dict(channels=(64, 160, 320, 640.0)), "channels must be 4 ints"),
     (dict(channels=(64, 0, 320, 640)), "channels must be 4 ints"),
     (dict(channels="64"), "channels must be 4 ints"),
     (dict(drop_rate=1.0), r"drop_rate must be a number in \[0, 1\)"),
     (dict(drop_rate=-0.1), r"drop_rate must be a number in \[0, 1\)"),
-    (dict(drop_block_size=0), "drop_block_size must be an int >= 1"),
-    (dict(in_channels=0), "in_channels must be an int >= 1"),
-    (dict(out_features=0), "out_features must be an int >= 1"),
+    (dict(drop_block_size=0), "drop_block_size must be an integer >= 1, got 0"),
+    (dict(in_channels=0), "in_channels must be an integer >= 1, got 0"),
+    (dict(out_features=0), "out_features must be an integer >= 1, got 0"),
+    (dict(out_features=None), "out_features must be an integer >= 1, got None"),
+    (dict(negative_slope=float("nan")), "negative_slope must be a finite number >= 0, got nan"),
+    (dict(avg_pool="yes"), r"avg_pool must be one of \[True, False\], got 'yes'"),
 ])
 def test_bad_arguments_are_clear_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, exited_cleanly, reserved_port, script_env
+from conftest import REPO, reserved_port, script_env
 
 SCRIPT = REPO / "tests" / "scripts" / "resume_job.py"
 MAX_STEPS = 13  # 5 optimizer steps per epoch: epochs 0, 1 and part of 2
@@ -30,8 +30,7 @@ def job(out, learner, workers, devices, *extra, expect_kill=False, timeout=300):
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
                               start_new_session=True)
     expected = -signal.SIGKILL if expect_kill else 0
-    ok = proc.returncode == expected or (not expect_kill and exited_cleanly(proc))
-    assert ok, f"exit {proc.returncode}, expected {expected}:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == expected, f"exit {proc.returncode}, expected {expected}:\n{proc.stderr[-4000:]}"
     return proc
 
 

@@ -120,8 +120,16 @@ def test_blackbox_snail_gradients_reach_every_parameter():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="sequence_length \\(support size \\+ 1\\) must be >= 2, got 1"):
+    with pytest.raises(ValueError, match="sequence_length \\(support size \\+ 1\\) must be an integer >= 2, got 1"):
         SNAIL(4, 1)
+    with pytest.raises(ValueError, match="in_features must be an integer >= 1, got None"):
+        SNAIL(None, 6)
+    with pytest.raises(ValueError, match="filters must be an integer >= 1, got 0"):
+        SNAIL(4, 6, filters=0)
+    with pytest.raises(ValueError, match="attention must be three \\(key_size, value_size\\) pairs"):
+        SNAIL(4, 6, attention=((64, 32), (256,), (512, 256)))
+    with pytest.raises(ValueError, match=r"attention\[1\] value_size must be an integer >= 1, got 0"):
+        SNAIL(4, 6, attention=((64, 32), (256, 0), (512, 256)))
     with pytest.raises(ValueError, match="support_size must be an integer >= 1, got 0"):
         BlackBoxAdaptation(MLP(out_features=8), feature_dim=8, aggregator="snail", support_size=0)
 

@@ -11,15 +11,22 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_meta._lightning import pl
+from lightning_meta._lightning import pl, submodule
+from lightning_meta.algorithms.trainer_tools import optimizer_lr, with_lr
+from lightning_meta.checkpoints import readable_checkpoint, report_unreadable_checkpoints
 from lightning_meta.checks import check_choice, check_factory
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
+from lightning_meta.data.workers import check_spawned_process
+from lightning_meta.distributed import settle_process_group
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
 
 EVAL_STAGES = ("val", "test")
 EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
 DEFAULT_LR = 1e-3  # of the default optimizer, Adam
+
+#: ``load_from_checkpoint`` stays a classmethod that refuses to be called on an instance, as Lightning's is
+_restricted_classmethod = getattr(submodule("utilities.model_helpers"), "_restricted_classmethod", classmethod)
 
 #: ``params -> Optimizer``, the type LightningCLI's ``OptimizerCallable`` names (configurable by ``class_path``).
 OptimizerCallable = Callable[[Iterable], Optimizer]
@@ -73,6 +80,23 @@ class MetaLearner(pl.LightningModule):
         self.episode_metrics = nn.ModuleDict(
             {f"{stage}_{name}": EpisodeMeanCI() for stage in EVAL_STAGES for name in EVAL_METRICS}
         )
+
+    # ------------------------------------------------------------ checkpoints
+    def setup(self, stage: str) -> None:
+        """Runs before the Trainer loads ``ckpt_path``: a file there that is not a PyTorch checkpoint is then reported
+        as such, naming it ([ReadableCheckpointIO][lightning_meta.checkpoints.ReadableCheckpointIO]); subclasses that
+        override ``setup`` call ``super().setup(stage)``."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            report_unreadable_checkpoints(trainer.strategy)
+
+    @_restricted_classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``; a file that is not a PyTorch checkpoint (garbage, a truncated copy)
+        raises an [UnreadableCheckpointError][lightning_meta.checkpoints.UnreadableCheckpointError] (a
+        ``ValueError``) naming it, chained from torch's error."""
+        with readable_checkpoint(checkpoint_path):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # --------------------------------------------------------------- task type
     def prepare_batch(self, batch: TaskBatch) -> tuple[TaskBatch, str]:
@@ -196,13 +220,53 @@ class MetaLearner(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def teardown(self, stage: str) -> None:
+        """After a successful Trainer call: a barrier across gloo DDP ranks, so that no rank exits while a gloo
+        worker thread still holds a finished gradient all-reduce
+        ([settle_process_group][lightning_meta.distributed.settle_process_group]; subclasses call ``super()``)."""
+        settle_process_group()
+
+    def __getstate__(self) -> dict:
+        check_spawned_process(self.algorithm)  # strategy="ddp_spawn" from a script without the __main__ guard
+        return super().__getstate__()
+
     def default_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
         """The optimizer when none is injected: Adam, lr 1e-3 (a learner whose paper says otherwise overrides it)."""
         return torch.optim.Adam(params, lr=DEFAULT_LR)
 
+    # ------------------------------------------------- Lightning's own tools
+    @property
+    def learning_rate(self) -> float:
+        """The outer optimizer's learning rate, read from the injected ``optimizer`` factory (or
+        ``default_optimizer``), which stays its one source: setting it (Lightning's LR finder does, with
+        ``update_attr=True``) replaces the factory's ``lr`` (a ``functools.partial``'s or a LightningCLI config's
+        ``lr`` keyword), so the next ``configure_optimizers`` builds the optimizer with it."""
+        return optimizer_lr(self.optimizer_factory or self.default_optimizer)
+
+    @learning_rate.setter
+    def learning_rate(self, lr: float) -> None:
+        self.optimizer_factory = with_lr(self.optimizer_factory or self.default_optimizer, float(lr))
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The feature extractor that Lightning's ``BackboneFinetuning`` freezes and later trains at its own learning
+        rate: a module registered as ``backbone`` (a subclass may set ``self.backbone = ...``), else the learner's
+        default (``default_backbone``)."""
+        registered = self._modules.get("backbone")
+        return registered if registered is not None else self.default_backbone()
+
+    def default_backbone(self) -> nn.Module:
+        """The learner's feature extractor (subclasses); ``AttributeError`` where there is none."""
+        raise AttributeError(f"{self.algorithm} has no default backbone; register one as self.backbone")
+
     def configure_optimizers(self):
-        """The injected ``optimizer`` (default: ``default_optimizer``) over all parameters, and ``lr_scheduler``."""
-        optimizer = (self.optimizer_factory or self.default_optimizer)(self.parameters())
+        """The injected ``optimizer`` (default: ``default_optimizer``) over the parameters that require grad (a frozen
+        one is not updated; ``BackboneFinetuning`` adds it as its own param group when it unfreezes it), and
+        ``lr_scheduler``."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{self.algorithm}: every parameter is frozen (requires_grad=False): nothing to train")
+        optimizer = (self.optimizer_factory or self.default_optimizer)(params)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if self.lr_scheduler_factory is None:

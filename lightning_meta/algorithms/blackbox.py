@@ -49,8 +49,12 @@ class BlackBoxAdaptation(MetaLearner):
       set. ``support_size`` (default ``ways``, i.e. one shot) sizes its temporal convolutions as the paper's
       ``T = N * K + 1``.
 
-    Classification: ``ways`` is the width of the one-hot label input and of the output head; tasks with fewer
-    ways at test time are handled (unused logits masked), more ways raise a clear error. Any number of shots
+    Classification: ``ways`` is the width of the one-hot label input and of the output head. Training
+    (``training_step``, ``objective``) needs tasks of exactly ``ways`` ways, and another number is a
+    ``ValueError`` at the first batch naming both: a head wider than the tasks would be trained on scores of
+    classes that do not exist. Evaluation (validation, test, predict, ``forward``) also accepts tasks with fewer
+    ways (the unused logits are masked to ``-inf``, so no prediction names a class the task does not have), as a
+    model trained on 20-way tasks is evaluated on 5-way ones; more ways raise a clear error. Any number of shots
     works. Regression: ``y_dim`` target values; with ``predict_variance=True`` the predictor outputs a
     mean and a variance trained by Gaussian NLL as in CNPs, and the reported metric is the MSE of the mean.
 
@@ -136,6 +140,11 @@ class BlackBoxAdaptation(MetaLearner):
         self.predictor = mlp([feature_dim + task_dim + readout, hidden, hidden, self.out_dim])
 
     # ------------------------------------------------------------------ model
+    def default_backbone(self) -> nn.Module:
+        """The ``encoder``: what Lightning's ``BackboneFinetuning`` freezes (the pair, task and predictor networks
+        keep training)."""
+        return self.encoder
+
     def tasks_per_pass(self, tasks: int, device: torch.device) -> int:
         """How many of ``tasks`` tasks one encoder pass reads (see ``encoder_tasks``)."""
         if self.encoder_tasks == "all" or (self.encoder_tasks == "auto" and device.type != "cpu"):
@@ -173,6 +182,21 @@ class BlackBoxAdaptation(MetaLearner):
         if batch.support_y.shape[-1] != self.y_dim:
             raise ValueError(f"regression targets have {batch.support_y.shape[-1]} values, but y_dim={self.y_dim}")
         return 0
+
+    def _check_training_ways(self, batch: TaskBatch, task_type: str) -> None:
+        """Training: the tasks' ways must be ``ways`` (a wider head would learn scores of absent classes)."""
+        if task_type != "classification":
+            return
+        ways = int(batch.support_y.max()) + 1
+        if ways != self.ways:
+            why = (f"{self.ways - ways} of its {self.ways} class scores would be for classes these tasks do not have"
+                   if ways < self.ways else f"its {self.ways} class scores cannot answer {ways} classes")
+            raise ValueError(
+                f"BlackBoxAdaptation(ways={self.ways}) is being trained on {ways}-way tasks (support labels "
+                f"0..{ways - 1}), but training needs {self.ways}-way tasks: `ways` is the width of its label input and "
+                f"head, and {why}. Build it with ways={ways}, or sample {self.ways}-way tasks (evaluation on tasks "
+                f"with fewer ways than `ways` is allowed: the unused logits are masked)"
+            )
 
     def _encode_support(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Pair embeddings ``[T, S, hidden]`` of the support set and its task vector ``h_i`` ``[T, task_dim]``."""
@@ -267,11 +291,13 @@ class BlackBoxAdaptation(MetaLearner):
         [MAML.objective][lightning_meta.MAML.objective]: ``objective(batch).loss.backward()`` is the gradient
         ``training_step`` takes (no inner loop, so ``inner_losses`` is ``[T, 0]``)."""
         batch, task_type = self.prepare_batch(batch)
+        self._check_training_ways(batch, task_type)
         losses, _, outputs = self._predict(batch, task_type)
         return MetaObjective(losses.mean(), losses.detach(), outputs.detach(), losses.new_zeros(len(losses), 0))
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         batch, task_type = self.prepare_batch(batch)
+        self._check_training_ways(batch, task_type)
         losses, score, _ = self._predict(batch, task_type)
         loss = losses.mean()
         self.raise_if_nonfinite(loss)

@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
 from lightning_meta.algorithms.grad_mode import grad_enabled, usable
+from lightning_meta.algorithms.trainer_tools import body_of
 from lightning_meta.checks import check_choice, check_number, check_positive
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
@@ -39,9 +40,12 @@ class InnerLoopLearner(MetaLearner):
         inner_steps: inner steps per task in training.
         eval_inner_steps: inner steps in validation, test and predict (default ``inner_steps``).
         adapt: what the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module) or
-            ``fnmatch`` patterns over parameter names.
+            ``fnmatch`` patterns over parameter names; of these, the tensors that require grad at each step
+            (``adapted``: a frozen tensor is neither adapted nor updated).
         batch_norm: ``"transductive"`` (batch statistics in every forward, no running statistics: the MAML
-            paper's setting) or ``"none"`` (the model must have no BatchNorm).
+            paper's setting; each BatchNorm becomes a
+            [TransductiveBatchNorm][lightning_meta.models.TransductiveBatchNorm]) or ``"none"`` (the model must
+            have no BatchNorm).
         nonfinite: ``"raise"`` stops naming the step and task of a non-finite loss; ``"skip"`` skips the
             meta-batch (under DDP every rank skips or raises together).
         inner_loss_scale: multiplies the inner loss before differentiation and divides the gradient back;
@@ -67,7 +71,8 @@ class InnerLoopLearner(MetaLearner):
         ...     def objective(self, batch):
         ...         batch, task_type = self.prepare_batch(batch)
         ...         return meta_objective(self._task_loss(task_type), self._theta(detach=False), batch,
-        ...                               self.inner_lrs, self.inner_steps, "first_order", adapted=self.adapted)
+        ...                               self.adapted_inner_lrs(), self.inner_steps, "first_order",
+        ...                               adapted=self.adapted)
         >>> learner = FirstOrder(MLP(), inner_lr=0.01)
         >>> batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(2)])
         >>> learner.objective(batch).query_losses.shape
@@ -108,8 +113,9 @@ class InnerLoopLearner(MetaLearner):
         self.pre_adaptation_metrics, self.adaptation_curve = pre_adaptation_metrics, adaptation_curve
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.adapted = select_adapted_tensors(model, adapt)
-        self.register_buffer("inner_lrs", torch.full((1, len(self.adapted)), float(inner_lr)))
+        #: the tensors ``adapt`` selects, frozen or not (``adapted``: those of them that require grad now)
+        self.adapt_names = select_adapted_tensors(model, adapt, include_frozen=True)
+        self.register_buffer("inner_lrs", torch.full((1, len(self.adapt_names)), float(inner_lr)))
 
     @staticmethod
     def _check_common_args(inner_lr, inner_steps, eval_inner_steps, nonfinite, inner_loss_scale) -> None:
@@ -169,6 +175,37 @@ class InnerLoopLearner(MetaLearner):
                 f"out_features={batch.support_y.shape[-1] if batch.support_y.dim() > 2 else 1}"
             )
 
+    def default_backbone(self) -> nn.Module:
+        """The model without its head (``body_of``: e.g. ``Conv4``'s ``features``, ``MLP``'s ``body``): what
+        Lightning's ``BackboneFinetuning`` freezes; while frozen the inner loop adapts the head alone (ANIL-like)."""
+        return body_of(self.model)
+
+    # ------------------------------------------------------- adapted tensors
+    @property
+    def adapted(self) -> list[str]:
+        """The tensors the inner loop adapts at this step: those ``adapt`` selects that require grad now. A tensor
+        frozen with ``requires_grad_(False)`` after construction (e.g. by Lightning's ``BackboneFinetuning``) is
+        neither adapted nor updated, and is adapted again once unfrozen; a selection that is all frozen is a
+        ``ValueError`` naming it."""
+        return self._adapted_and_lrs()[0]
+
+    def adapted_inner_lrs(self) -> Tensor:
+        """The inner learning rates of ``adapted``, ``[rows, len(adapted)]``: the columns of ``inner_lrs`` (a
+        learned ``inner_lrs`` gets its gradient through them)."""
+        return self._adapted_and_lrs()[1]
+
+    def _adapted_and_lrs(self) -> tuple[list[str], Tensor]:
+        params = dict(self.model.named_parameters())
+        current = [_current_name(n, params) for n in self.adapt_names]
+        keep = [i for i, n in enumerate(current) if params[n].requires_grad]
+        if len(keep) == len(current):
+            return current, self.inner_lrs
+        if not keep:
+            raise ValueError(f"{self.algorithm}: adapt={self.hparams.adapt!r} selects only frozen tensors "
+                             f"(requires_grad=False): {self.adapt_names}; unfreeze some of them or adapt others")
+        index = torch.tensor(keep, device=self.inner_lrs.device)
+        return [current[i] for i in keep], self.inner_lrs.index_select(1, index)
+
     # ------------------------------------------------------------- utilities
     def _loss_scale(self) -> float:
         if self.inner_loss_scale is not None:
@@ -181,7 +218,8 @@ class InnerLoopLearner(MetaLearner):
         return TaskLoss(self.model, self.loss_fn(task_type), hook)
 
     def _theta(self, detach: bool) -> Params:
-        params = dict(self.model.named_parameters())
+        """The trainable tensors by name; a frozen one is left to the module (a constant of every forward)."""
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         return {n: p.detach().requires_grad_() for n, p in params.items()} if detach else params
 
     def _check_finite(self, inner: Tensor, outer: Tensor) -> bool:
@@ -249,14 +287,16 @@ class InnerLoopLearner(MetaLearner):
                    ) -> Iterator[tuple[int, Params]]:
         """``(k, phi_k)``, ``k = 0..steps``: how evaluation adapts one task (no outer graph). Here: SGD at the inner
         learning rates; Reptile and iMAML adapt with their own inner optimizers."""
-        return adaptation_trajectory(task_loss, theta, self.adapted, x, y, self.inner_lrs.detach(), steps,
+        adapted, lrs = self._adapted_and_lrs()
+        return adaptation_trajectory(task_loss, theta, adapted, x, y, lrs.detach(), steps,
                                      loss_scale=self._loss_scale())
 
     def _trajectory(self, batch: TaskBatch, task_type: str, at: set[int]) -> dict[int, tuple[Tensor, Tensor]]:
         task_loss, theta = self._task_loss(task_type), self._theta(detach=True)
+        adapted, lrs = self._adapted_and_lrs()
         with grad_enabled():
-            return query_trajectory(task_loss, theta, usable(batch), self.inner_lrs.detach(), self.eval_inner_steps,
-                                    adapted=self.adapted, at=at, loss_scale=self._loss_scale(),
+            return query_trajectory(task_loss, theta, usable(batch), lrs.detach(), self.eval_inner_steps,
+                                    adapted=adapted, at=at, loss_scale=self._loss_scale(),
                                     adaptation=lambda x, y, steps: self.adaptation(task_loss, theta, x, y, steps))
 
     def _eval_step(self, batch: TaskBatch, stage: str) -> None:
@@ -280,7 +320,8 @@ class InnerLoopLearner(MetaLearner):
         return self._trajectory(batch, task_type, {self.eval_inner_steps})[self.eval_inner_steps][1]
 
     def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
-        """The adapted parameters ``phi`` for one task's support set (no outer graph)."""
+        """The adapted parameters ``phi`` for one task's support set (no outer graph): every trainable tensor (a frozen
+        one stays the module's, which ``forward(x, phi)`` uses)."""
         steps = self.eval_inner_steps if steps is None else steps
         task_loss = self._task_loss(self.task_type_of(support_y))
         with grad_enabled():
@@ -296,3 +337,16 @@ class InnerLoopLearner(MetaLearner):
     def _image_layout(self, x: Tensor) -> Tensor:
         """One task's images ``[M, C, H, W]`` in channels-last strides, if enabled."""
         return channels_last_tasks(x[None])[0] if self.channels_last and x.dim() == 4 else x
+
+
+def _current_name(name: str, params: dict[str, Tensor]) -> str:
+    """``name``, or the tensor that holds it now: torch's pruning (Lightning's ``ModelPruning``) moves a parameter
+    ``w`` to ``w_orig``, ``torch.nn.utils.parametrize`` to ``parametrizations.w.original``."""
+    if name in params:
+        return name
+    module, _, leaf = name.rpartition(".")
+    prefix = f"{module}." if module else ""
+    for alias in (f"{name}_orig", f"{prefix}parametrizations.{leaf}.original"):
+        if alias in params:
+            return alias
+    raise KeyError(f"the model has no parameter {name!r} any more (nor a pruned or parametrized one in its place)")

@@ -52,11 +52,14 @@ class MAML(InnerLoopLearner):
         first_order_epochs: MAML++'s derivative-order annealing: ``"first_order"`` for the first
             ``first_order_epochs`` epochs, then ``meta_gradient`` (0: from the start).
         adapt: what the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module) or
-            ``fnmatch`` patterns over parameter names.
+            ``fnmatch`` patterns over parameter names; of these, the tensors that require grad at each step
+            (``adapted``: a frozen tensor is neither adapted nor updated).
         batch_norm: ``"transductive"`` (batch statistics in every forward, no running statistics: the MAML
-            paper's setting), ``"none"`` (the model must have no BatchNorm) or ``"per_step"`` (MAML++'s BNRS +
-            BNWB: each BatchNorm becomes a [PerStepBatchNorm][lightning_meta.models.PerStepBatchNorm] with its own
-            weights, biases and running statistics for every inner iterate ``phi_0..phi_K``, normalizing with
+            paper's setting; each BatchNorm becomes a
+            [TransductiveBatchNorm][lightning_meta.models.TransductiveBatchNorm]), ``"none"`` (the model must have
+            no BatchNorm) or ``"per_step"`` (MAML++'s BNRS + BNWB: each BatchNorm becomes a
+            [PerStepBatchNorm][lightning_meta.models.PerStepBatchNorm] with its own weights, biases and running
+            statistics for every inner iterate ``phi_0..phi_K``, normalizing with
             batch statistics like ``"transductive"``; steps beyond ``inner_steps`` use the last slot; not with
             ``"hvp"`` or ``vectorize``).
         vectorize: run the tasks of a meta-batch in one ``torch.func.vmap`` call (same numbers; not with
@@ -159,7 +162,8 @@ class MAML(InnerLoopLearner):
         mode, weights = self.schedule(self.current_epoch if epoch is None else epoch)
         if weights is not None:
             weights = weights.to(self.inner_lrs)
+        adapted, inner_lrs = self._adapted_and_lrs()
         return meta_objective(
-            self._task_loss(task_type), self._theta(detach=False), batch, self.inner_lrs, self.inner_steps,
-            mode, adapted=self.adapted, vectorize=self.vectorize, hvp_method=self.hvp_method,
+            self._task_loss(task_type), self._theta(detach=False), batch, inner_lrs, self.inner_steps,
+            mode, adapted=adapted, vectorize=self.vectorize, hvp_method=self.hvp_method,
             loss_scale=self._loss_scale(), step_weights=weights)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
+from lightning_meta.algorithms.trainer_tools import body_of
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch
 from lightning_meta.functional.objective import MetaObjective
@@ -66,6 +67,12 @@ class ProtoNet(MetaLearner):
 
     def layout(self, batch: TaskBatch) -> TaskBatch:
         return channels_last_batch(batch) if self.channels_last else batch
+
+    def default_backbone(self) -> nn.Module:
+        """The encoder without its last block (``body_of``: e.g. the first three conv blocks of
+        ``Conv4(embed_only=True)``): what Lightning's ``BackboneFinetuning`` freezes; the last block keeps training
+        (the encoder is the whole model: frozen whole, nothing would train)."""
+        return body_of(self.encoder)
 
     def check_output_width(self, batch: TaskBatch, task_type: str) -> None:
         if task_type != "classification":

@@ -67,7 +67,10 @@ class ClassificationTasks(TaskSource):
     test (Prototypical Networks train Omniglot 5-way models on 60-way tasks).
 
     With ``in_memory=True`` (default) the inputs are stacked into one tensor at ``setup`` and a batch is a
-    single gather (no per-example Python loop); ``uint8`` inputs are scaled to ``[0, 1]`` float32.
+    single gather (no per-example Python loop); ``uint8`` inputs are scaled to ``[0, 1]`` float32. They must
+    all have one shape (inputs of different shapes are a ``ValueError`` naming two of them). Once set up, the
+    task source pickles without ``dataset`` (``spawn``/``forkserver`` workers receive only the tensor), so the
+    dataset itself need not pickle.
 
     Examples:
         >>> import torch
@@ -137,7 +140,16 @@ class ClassificationTasks(TaskSource):
             return self.dataset, labels
         if isinstance(self.dataset, TensorDataset):
             return self.dataset.tensors[0], labels
-        return torch.stack([torch.as_tensor(self.dataset[i][0]) for i in range(n)]), labels
+        return _stack_inputs([torch.as_tensor(self.dataset[i][0]) for i in range(n)], range(n)), labels
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (e.g. for ``spawn``/``forkserver`` DataLoader workers) without ``dataset`` once ``setup``
+        has loaded its inputs into one tensor (``in_memory=True``): sampling reads only that tensor, so an
+        unpicklable or large dataset does not travel to every worker."""
+        state = self.__dict__.copy()
+        if state.get("_ready") and self.in_memory and isinstance(state.get("_inputs"), torch.Tensor):
+            state["dataset"] = None
+        return state
 
     def _make_splits(self) -> dict[str, torch.Tensor]:
         """Class *positions* (rows of the class table) for each split."""
@@ -222,9 +234,26 @@ class ClassificationTasks(TaskSource):
         if isinstance(self._inputs, torch.Tensor):
             x = self._inputs[index]
         else:
-            flat = [torch.as_tensor(self._inputs[i][0]) for i in index.reshape(-1).tolist()]
-            x = torch.stack(flat).reshape(*index.shape, *flat[0].shape)
+            positions = index.reshape(-1).tolist()
+            flat = [torch.as_tensor(self._inputs[i][0]) for i in positions]
+            x = _stack_inputs(flat, positions).reshape(*index.shape, *flat[0].shape)
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def _stack_inputs(inputs: list[torch.Tensor], positions: Sequence[int]) -> torch.Tensor:
+    """``torch.stack(inputs)``; inputs of different shapes are a ``ValueError`` naming the first two dataset indices
+    (``positions``) whose shapes differ, and the fix."""
+    first = inputs[0].shape
+    for position, x in zip(positions, inputs):
+        if x.shape != first:
+            raise ValueError(
+                f"ClassificationTasks stacks the dataset's inputs into one tensor, but they differ in shape: "
+                f"dataset[{positions[0]}] is {tuple(first)} and dataset[{position}] is {tuple(x.shape)}. Give the "
+                f"dataset a transform that "
+                f"resizes every image to one size (e.g. {tuple(first)}), or use a task source with an `image_size` "
+                f"argument (MiniImageNetTasks, CIFARFSTasks, OmniglotTasks, ...), which resizes for you"
+            )
+    return torch.stack(inputs)
 
 
 def _check_splits(splits: dict[str, list[int]]) -> dict[str, list[int]]:

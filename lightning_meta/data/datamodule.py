@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -12,6 +12,14 @@ from lightning_meta._lightning import pl
 from lightning_meta.checks import check_positive
 from lightning_meta.data.samplers import EpisodeDataset, EvalEpisodeSampler, TrainEpisodeSampler, _RankSampler
 from lightning_meta.data.sources import TaskSource
+from lightning_meta.data.workers import (
+    StartMethod,
+    auto_reason,
+    check_spawned_process,
+    check_workers_can_start,
+    resolve_start_method,
+)
+from lightning_meta.distributed import settle_process_group
 
 
 class EpisodicDataModule(pl.LightningDataModule):
@@ -24,12 +32,13 @@ class EpisodicDataModule(pl.LightningDataModule):
       alone, identical for any ``num_workers`` and any DDP world size (ranks evaluate disjoint shards
       whose union is the set), in meta-batches of ``eval_meta_batch_size`` (default ``meta_batch_size``).
     * ``state_dict`` records the epoch and the batches done in it, so a resumed run continues the stream.
-    * Workers (``num_workers > 0``) start by ``worker_start_method``: ``"forkserver"`` by default where the
-      platform has it. A plain ``fork`` from a process with other threads (DDP's gloo threads, a W&B run, a
-      previous loader's feeder threads) can leave the worker deadlocked at birth: CPython before 3.11.10 and
-      3.12.1 copies a runtime lock another thread holds (python/cpython#112275); measured here as a hung 2-rank
-      run with workers. ``"fork"`` remains available (e.g. for task sources defined in a notebook, which a
-      forkserver worker cannot import); tensors reach forkserver workers through shared memory, not copies.
+    * Workers (``num_workers > 0``) start by ``worker_start_method``. ``"auto"`` (the default) is ``fork`` where the
+      platform has it, as a plain PyTorch ``DataLoader`` on Linux, so scripts without an
+      ``if __name__ == "__main__":`` guard, ``python -`` and notebooks work; in a DDP rank on a CPython that still
+      has python/cpython#112275 (before 3.11.10, and 3.12.0) it is ``forkserver``, because a ``fork`` there can
+      deadlock a worker at birth. ``forkserver`` and ``spawn`` workers re-import the main script: where that
+      cannot work (no guard; classes defined in ``python -c``; a task source that does not pickle) ``setup`` raises
+      a ``RuntimeError`` saying so, before any worker starts (docs/howto/workers.md).
 
     Examples:
         >>> from lightning_meta.data import SinusoidTasks
@@ -52,7 +61,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
-        worker_start_method: Literal["forkserver", "spawn", "fork"] | None = None,
+        worker_start_method: StartMethod | None = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(tasks, TaskSource):
@@ -62,7 +71,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         check_positive("val_episodes", val_episodes, 0)
         check_positive("test_episodes", test_episodes, 0)
         check_positive("num_workers", num_workers, 0)
-        methods = multiprocessing.get_all_start_methods()
+        if isinstance(seed, bool) or not isinstance(seed, int):  # any int: seeding.py hashes it into each task's seed
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        methods = ["auto", *multiprocessing.get_all_start_methods()]
         if worker_start_method is not None and worker_start_method not in methods:
             raise ValueError(f"worker_start_method must be one of {methods} on this platform, got "
                              f"{worker_start_method!r}")
@@ -74,8 +85,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.train_episodes_per_epoch = train_episodes_per_epoch
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
-        default = "forkserver" if "forkserver" in methods else None  # None: the platform's default (spawn)
-        self.worker_start_method = worker_start_method or default
+        self.worker_start_method = worker_start_method or "auto"
         self._resume: tuple[int, int] | None = None
         self.save_hyperparameters(ignore=["tasks"])
 
@@ -94,6 +104,31 @@ class EpisodicDataModule(pl.LightningDataModule):
                 self.tasks.validate_split(split)
                 if split != "train":
                     self._check_eval_episodes(split, episodes[split])
+        self.check_workers()
+
+    @property
+    def start_method(self) -> str:
+        """The start method the workers use in this process (``worker_start_method`` with ``"auto"`` resolved)."""
+        return resolve_start_method(self.worker_start_method, distributed=self._world()[0] > 1)
+
+    def check_workers(self) -> None:
+        """Raise a ``RuntimeError`` now if the workers' start method cannot set the task source up (``setup`` calls
+        it; e.g. a ``forkserver`` worker and a script without the ``__main__`` guard), naming the fix."""
+        if self.num_workers == 0:
+            return
+        reason = auto_reason(self._world()[0] > 1) if self.worker_start_method == "auto" else ""
+        check_workers_can_start(EpisodeDataset(self.tasks, self.seed), self.start_method, type(self).__name__,
+                                reason)
+
+    def __getstate__(self) -> dict[str, Any]:
+        check_spawned_process(type(self).__name__)
+        return self.__dict__.copy()
+
+    def teardown(self, stage: str) -> None:
+        """After a successful Trainer call: a barrier across gloo DDP ranks, so that no rank exits while a gloo
+        worker thread still holds a finished gradient all-reduce
+        ([settle_process_group][lightning_meta.distributed.settle_process_group])."""
+        settle_process_group()
 
     def _check_eval_episodes(self, split: str, episodes: int) -> None:
         """Every rank needs an evaluation episode: a rank without one would get an empty loader."""
@@ -119,7 +154,7 @@ class EpisodicDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            multiprocessing_context=self.worker_start_method if self.num_workers > 0 else None,
+            multiprocessing_context=self.start_method if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -130,6 +165,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         if self._resume is not None:
             sampler.resume_at(*self._resume)
             self._resume = None
+        # Trainer(overfit_batches=n): the same first n batches in every epoch, as Lightning promises
+        sampler.fixed_epoch = self.trainer is not None and self.trainer.overfit_batches > 0
         return self._loader(sampler)
 
     def _eval_loader(self, split: str, episodes: int) -> DataLoader | list:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, SequentialSampler
 
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.seeding import task_generator
 from lightning_meta.data.sources import TaskSource
+from lightning_meta.data.workers import check_spawned_process
 
 EpisodeKey = tuple[str, int, tuple[int, ...]]
 
@@ -29,16 +30,22 @@ class EpisodeDataset(Dataset):
     def __init__(self, tasks: TaskSource, seed: int) -> None:
         self.tasks, self.seed = tasks, seed
 
+    def __getstate__(self) -> dict:
+        check_spawned_process(type(self).__name__)  # a worker in a new interpreter: fail here if it cannot start
+        return self.__dict__.copy()
+
     def __getitem__(self, key: EpisodeKey) -> TaskBatch:  # type: ignore[override]
         split, epoch, indices = key
         return self.tasks.sample(split, [task_generator(self.seed, split, epoch, i) for i in indices])
 
 
-class _RankSampler(DistributedSampler):
+class _RankSampler(DistributedSampler, SequentialSampler):
     """Base for samplers that shard by rank themselves.
 
-    Subclassing ``DistributedSampler`` tells Lightning not to wrap the sampler again under DDP; the
-    parent's ``__init__`` is deliberately not called (no process group is needed).
+    Subclassing ``DistributedSampler`` tells Lightning not to wrap the sampler again under DDP; subclassing
+    ``SequentialSampler`` tells it that the order is already fixed (``Trainer(overfit_batches=...)`` would otherwise
+    replace the sampler by a ``SequentialSampler`` over the dataset, which has no length). The parents'
+    ``__init__`` is deliberately not called (no process group is needed).
     """
 
     def __init__(self, num_replicas: int = 1, rank: int = 0) -> None:  # noqa: D107
@@ -67,9 +74,15 @@ class TrainEpisodeSampler(_RankSampler):
         self.meta_batch_size = meta_batch_size
         self.steps = max(1, math.ceil(episodes / (meta_batch_size * num_replicas)))
         self.skip_epoch, self.skip = -1, 0
+        #: every pass yields the same epoch's batches (``set_epoch`` leaves the epoch): ``overfit_batches``
+        self.fixed_epoch = False
 
     def __len__(self) -> int:
         return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.fixed_epoch:
+            self.epoch = epoch
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
         """Set the epoch to ``epoch`` and start every pass over it after its first ``batches_done`` batches.

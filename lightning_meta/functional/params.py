@@ -10,16 +10,28 @@ from torch import Tensor, nn
 Params = dict[str, Tensor]
 
 
-def select_adapted(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
+def select_adapted(model: nn.Module, adapt: str | Sequence[str], include_frozen: bool = False) -> list[str]:
     """Names of the parameters the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module with
-    parameters) or ``fnmatch`` patterns over the parameter names.
+    parameters) or ``fnmatch`` patterns over the parameter names, of those that require grad (a frozen tensor,
+    ``requires_grad_(False)``, is not adapted; ``include_frozen=True`` keeps them, for callers that filter at each
+    step). A selection of frozen tensors only is a ``ValueError`` naming them.
 
     Examples:
         >>> from lightning_meta.models import MLP
         >>> select_adapted(MLP(), "head")
         ['head.weight', 'head.bias']
     """
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    chosen = _matching(model, adapt)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if chosen and not trainable.intersection(chosen):
+        raise ValueError(f"adapt={adapt!r} selects only frozen tensors (requires_grad=False): {chosen}; unfreeze "
+                         "some of them or adapt others")
+    return chosen if include_frozen else [n for n in chosen if n in trainable]
+
+
+def _matching(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
+    """The parameters ``adapt`` names, frozen or not."""
+    names = [n for n, _ in model.named_parameters()]
     if adapt == "all":
         return names
     if adapt == "head":

@@ -1,8 +1,9 @@
 """Standard backbones for few-shot learning."""
 
 from lightning_meta.models.backbones import MLP, Conv4
-from lightning_meta.models.norm import BatchStatNorm, PerStepBatchNorm
+from lightning_meta.models.norm import BatchStatNorm, PerStepBatchNorm, TransductiveBatchNorm
 from lightning_meta.models.resnet import DropBlock, ResNet12
 from lightning_meta.models.snail import SNAIL
 
-__all__ = ["MLP", "BatchStatNorm", "Conv4", "DropBlock", "PerStepBatchNorm", "ResNet12", "SNAIL"]
+__all__ = ["MLP", "BatchStatNorm", "Conv4", "DropBlock", "PerStepBatchNorm", "ResNet12", "SNAIL",
+           "TransductiveBatchNorm"]

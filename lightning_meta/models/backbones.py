@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lightning_meta.checks import check_choice, check_positive
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -50,8 +52,13 @@ class Conv4(nn.Module):
         embed_only: bool = False,
     ) -> None:
         super().__init__()
-        if image_size < 16:
-            raise ValueError(f"image_size must be >= 16 for four 2x2 poolings, got {image_size}")
+        if not embed_only:
+            check_positive("out_features", out_features)
+        check_positive("in_channels", in_channels)
+        check_positive("hidden", hidden)
+        check_positive("image_size (four 2x2 poolings)", image_size, 16)
+        check_choice("batch_norm", batch_norm, (True, False))
+        check_choice("embed_only", embed_only, (True, False))
         channels = [in_channels, hidden, hidden, hidden, hidden]
         self.features = nn.Sequential(*(conv_block(a, b, batch_norm) for a, b in zip(channels, channels[1:])))
         side = image_size
@@ -82,8 +89,13 @@ class MLP(nn.Module):
         activation: Literal["relu", "tanh"] = "relu",
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        check_positive("in_features", in_features)
+        check_positive("out_features", out_features)
+        if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+            raise ValueError(f"hidden must be a sequence of layer widths (e.g. (40, 40)), got {hidden!r}")
+        for i, width in enumerate(hidden):
+            check_positive(f"hidden[{i}]", width)
+        check_choice("activation", activation, tuple(ACTIVATIONS))
         sizes = [in_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(sizes, sizes[1:]):

@@ -47,10 +47,51 @@ class BatchStatNorm(nn.Module):
         return y * self.weight.view(shape) + self.bias.view(shape)
 
 
+class TransductiveBatchNorm(nn.Module):
+    """Batch normalization with the statistics of the current batch in every mode, and no running statistics: the
+    layer ``batch_norm="transductive"`` puts in place of each ``BatchNorm`` (MAML's setting).
+
+    The same kernel and numbers as a ``BatchNorm`` built with ``track_running_stats=False``, and the same parameter
+    names (``weight``, ``bias``; no buffers in the ``state_dict``), but deliberately not a subclass of torch's
+    ``_BatchNorm``: tools that look for ``_BatchNorm`` layers do so to handle running statistics, which this layer
+    neither has nor uses. Lightning's ``StochasticWeightAveraging`` then averages the weights and skips its extra
+    epoch that recomputes running statistics (nothing to recompute), and ``sync_batchnorm=True`` leaves each task's
+    statistics its own instead of pooling them across DDP ranks.
+
+    Examples:
+        >>> import torch
+        >>> norm = TransductiveBatchNorm(3).eval()
+        >>> y = norm(torch.randn(8, 3, 4, 4) + 2.0)  # batch statistics in eval mode too
+        >>> torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-6), sorted(norm.state_dict())
+        (True, ['bias', 'weight'])
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.affine = num_features, eps, affine
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.Module) -> TransductiveBatchNorm:
+        """A layer sharing ``bn``'s ``weight`` and ``bias`` parameters (the same tensors, not copies)."""
+        new = cls(bn.num_features, bn.eps, bn.weight is not None)
+        if bn.weight is not None:
+            new.weight, new.bias = bn.weight, bn.bias
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
 def transductive_batch_norm(model: nn.Module, elementary: bool = False) -> list[str]:
-    """Make every BatchNorm use batch statistics in every forward and keep no running statistics; returns
-    their names. With ``elementary=True`` each one is replaced by
-    [BatchStatNorm][lightning_meta.models.BatchStatNorm] (same numbers, built from plain ops so that
+    """Replace every BatchNorm of ``model`` by a [TransductiveBatchNorm][lightning_meta.models.TransductiveBatchNorm]
+    (batch statistics in every forward, no running statistics; the same parameters); returns their names. With
+    ``elementary=True`` each one (a ``BatchNorm`` or an already transductive layer) becomes a
+    [BatchStatNorm][lightning_meta.models.BatchStatNorm] instead (same numbers, built from plain ops so that
     second-order gradients are right under ``vmap``).
 
     Examples:
@@ -60,14 +101,21 @@ def transductive_batch_norm(model: nn.Module, elementary: bool = False) -> list[
     """
     names = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.track_running_stats = False
-            module.running_mean = module.running_var = module.num_batches_tracked = None
-            if elementary:
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, TransductiveBatchNorm)):
+            layer = BatchStatNorm if elementary else TransductiveBatchNorm
+            if not name:  # the model is itself a BatchNorm: it cannot be replaced in place of itself
+                _drop_running_statistics(module)
+            elif type(module) is not layer:
                 parent_name, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent_name), child, BatchStatNorm.from_batch_norm(module))
+                setattr(model.get_submodule(parent_name), child, layer.from_batch_norm(module))
             names.append(name)
     return names
+
+
+def _drop_running_statistics(module: nn.Module) -> None:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.track_running_stats = False
+        module.running_mean = module.running_var = module.num_batches_tracked = None
 
 
 class PerStepBatchNorm(nn.Module):

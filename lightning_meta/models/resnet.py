@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta.checks import check_choice, check_number, check_positive
+
 #: MetaOptNet's widths (Lee et al., 2019): 12.4 M parameters without a head
 RESNET12_CHANNELS = (64, 160, 320, 640)
 
@@ -168,17 +170,16 @@ class ResNet12(nn.Module):
         if not isinstance(channels, tuple) or len(channels) != 4 or not all(_positive_int(c) for c in channels):
             raise ValueError(f"channels must be 4 ints >= 1 (one width per residual block, e.g. "
                              f"{RESNET12_CHANNELS}), got {channels!r}")
-        for name, value in (("in_channels", in_channels), ("image_size", image_size)):
-            if not _positive_int(value):
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not embed_only and not _positive_int(out_features):
-            raise ValueError(f"out_features must be an int >= 1, got {out_features!r}")
-        if image_size < 16:
-            raise ValueError(f"image_size must be >= 16 for four 2x2 max-poolings, got {image_size}")
+        check_positive("in_channels", in_channels)
+        if not embed_only:
+            check_positive("out_features", out_features)
+        check_positive("image_size (four 2x2 max-poolings)", image_size, 16)
         if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
-        if not _positive_int(drop_block_size):
-            raise ValueError(f"drop_block_size must be an int >= 1, got {drop_block_size!r}")
+        check_positive("drop_block_size", drop_block_size)
+        check_choice("embed_only", embed_only, (True, False))
+        check_choice("avg_pool", avg_pool, (True, False))
+        check_number("negative_slope", negative_slope, 0.0, strict=False)
         self.channels, self.drop_rate, self.drop_block_size = channels, float(drop_rate), drop_block_size
         widths = (in_channels, *channels)
         blocks = []

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_meta.checks import check_positive
+
 
 def _shift(x: Tensor, by: int) -> Tensor:
     """``x [T, S, D]`` delayed by ``by`` positions along the sequence (zeros enter at the start)."""
@@ -123,10 +125,15 @@ class SNAIL(nn.Module):
         attention: tuple[tuple[int, int], ...] = ((64, 32), (256, 128), (512, 256)),
     ) -> None:
         super().__init__()
-        if sequence_length < 2:
-            raise ValueError(f"sequence_length (support size + 1) must be >= 2, got {sequence_length!r}")
-        if len(attention) != 3:
+        check_positive("in_features", in_features)
+        check_positive("sequence_length (support size + 1)", sequence_length, 2)
+        check_positive("filters", filters)
+        pairs = isinstance(attention, tuple | list) and all(isinstance(p, tuple | list) for p in attention)
+        if not pairs or len(attention) != 3 or not all(len(p) == 2 for p in attention):
             raise ValueError(f"attention must be three (key_size, value_size) pairs, got {attention!r}")
+        for i, (key_size, value_size) in enumerate(attention):
+            check_positive(f"attention[{i}] key_size", key_size)
+            check_positive(f"attention[{i}] value_size", value_size)
         layers: list[nn.Module] = []
         width = in_features
         for i, (key_size, value_size) in enumerate(attention):

@@ -53,6 +53,18 @@ def mixed_sizes() -> ListDataset:
     return ListDataset([(torch.zeros(1, 32 if i == 7 else 28, 32 if i == 7 else 28), i % 10) for i in range(40)])
 
 
+def run_user_file(source: str, cwd: Path, name: str = "train.py", stdin: bool = False, timeout: float = 240,
+                  **env: str) -> subprocess.CompletedProcess:
+    """Save ``source`` as ``CWD/NAME`` and run it as a user does, ``python NAME`` (or ``python - < NAME``), in a fresh
+    interpreter with its own ``MASTER_PORT`` (and ``env``)."""
+    script = cwd / name
+    script.write_text(source)
+    command = [sys.executable, "-"] if stdin else [sys.executable, str(script)]
+    with reserved_port() as port, open(script) as code:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              stdin=code if stdin else None, env=script_env(MASTER_PORT=str(port), **env))
+
+
 def launch_nodes(command: list[str], cwd: Path, nodes: int = 2, timeout: float = 300,
                  **env: str) -> list[subprocess.CompletedProcess]:
     """Start ``nodes`` launches of ``command`` at once, as separate machines would, with Lightning's environment

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, launch_nodes, reserved_port, script_env
+from conftest import REPO, launch_nodes, run_user_file
 
 from lightning_meta.data import synthetic
 from lightning_meta.data.omniglot import load_omniglot_cached
@@ -84,13 +84,7 @@ def values(tmp_path_factory, omniglot) -> dict[str, str]:
 
 
 def run_snippet(code: str, cwd: Path, values: dict[str, str], stdin: bool = False) -> subprocess.CompletedProcess:
-    script = cwd / "snippet.py"
-    script.write_text(code)
-    command = [sys.executable, "-"] if stdin else [sys.executable, str(script)]
-    with reserved_port() as port, open(script) as source:
-        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=400,
-                              stdin=source if stdin else None,
-                              env=script_env(MASTER_PORT=str(port), LIGHTNING_META_CACHE=values["cache"]))
+    return run_user_file(code, cwd, "snippet.py", stdin, timeout=400, LIGHTNING_META_CACHE=values["cache"])
 
 
 def run_two_nodes(code: str, cwd: Path, values: dict[str, str]) -> list[subprocess.CompletedProcess]:

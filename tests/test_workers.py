@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import reserved_port, script_env
+from conftest import reserved_port, run_user_file, script_env
 
 from lightning_meta.data.workers import fork_deadlock_fixed, resolve_start_method, unguarded_main_script
 
@@ -37,14 +37,9 @@ def flat(dm_args: str = "", trainer_args: str = "") -> str:
     return FLAT.format(dm_args=dm_args, trainer_args=trainer_args)
 
 
-def run_user(tmp_path: Path, source: str, stdin: bool = False, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_user(tmp_path: Path, source: str, stdin: bool = False) -> subprocess.CompletedProcess:
     """``python train.py`` (or ``python - < train.py``) in a fresh directory, as a user runs it."""
-    script = tmp_path / "train.py"
-    script.write_text(source)
-    command = [sys.executable, "-"] if stdin else [sys.executable, str(script)]
-    with reserved_port() as port:
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
-                              stdin=open(script) if stdin else None, env=script_env(MASTER_PORT=str(port)))
+    return run_user_file(source, tmp_path, stdin=stdin)
 
 
 def assert_ran(proc: subprocess.CompletedProcess, method: str = "fork") -> None:

@@ -20,6 +20,7 @@ from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.data.sources import TaskType
 from lightning_meta.functional import MetaObjective, Params, TaskLoss, adaptation_trajectory, query_trajectory
 from lightning_meta.functional import select_adapted as select_adapted_tensors
+from lightning_meta.functional.params import frozen_selection_error
 from lightning_meta.models.norm import per_step_batch_norm, set_norm_step, transductive_batch_norm
 
 FP16_INNER_LOSS_SCALE = 2.0**10
@@ -201,8 +202,7 @@ class InnerLoopLearner(MetaLearner):
         if len(keep) == len(current):
             return current, self.inner_lrs
         if not keep:
-            raise ValueError(f"{self.algorithm}: adapt={self.hparams.adapt!r} selects only frozen tensors "
-                             f"(requires_grad=False): {self.adapt_names}; unfreeze some of them or adapt others")
+            raise frozen_selection_error(self.hparams.adapt, self.adapt_names, who=f"{self.algorithm}: ")
         index = torch.tensor(keep, device=self.inner_lrs.device)
         return [current[i] for i in keep], self.inner_lrs.index_select(1, index)
 

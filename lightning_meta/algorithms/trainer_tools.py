@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_meta.functional.params import children_with_parameters
+
 OptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
 
 
@@ -78,7 +80,7 @@ def body_of(module: nn.Module) -> nn.Module:
         >>> len(body_of(Conv4(embed_only=True)))  # the first three of the four conv blocks
         3
     """
-    children = [m for m in module.children() if any(True for _ in m.parameters())]
+    children = [child for _, child in children_with_parameters(module)]
     if len(children) == 1:
         return body_of(children[0])
     if not children:

@@ -116,9 +116,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         it; e.g. a ``forkserver`` worker and a script without the ``__main__`` guard), naming the fix."""
         if self.num_workers == 0:
             return
-        reason = auto_reason(self._world()[0] > 1) if self.worker_start_method == "auto" else ""
-        check_workers_can_start(EpisodeDataset(self.tasks, self.seed), self.start_method, type(self).__name__,
-                                reason)
+        distributed = self._world()[0] > 1
+        method = resolve_start_method(self.worker_start_method, distributed)
+        reason = auto_reason(distributed) if self.worker_start_method == "auto" else ""
+        check_workers_can_start(EpisodeDataset(self.tasks, self.seed), method, type(self).__name__, reason)
 
     def __getstate__(self) -> dict[str, Any]:
         check_spawned_process(type(self).__name__)

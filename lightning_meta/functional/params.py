@@ -24,9 +24,19 @@ def select_adapted(model: nn.Module, adapt: str | Sequence[str], include_frozen:
     chosen = _matching(model, adapt)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if chosen and not trainable.intersection(chosen):
-        raise ValueError(f"adapt={adapt!r} selects only frozen tensors (requires_grad=False): {chosen}; unfreeze "
-                         "some of them or adapt others")
+        raise frozen_selection_error(adapt, chosen)
     return chosen if include_frozen else [n for n in chosen if n in trainable]
+
+
+def frozen_selection_error(adapt: str | Sequence[str], names: Sequence[str], who: str = "") -> ValueError:
+    """The error for an ``adapt`` selection whose tensors are all frozen (at construction or at a step)."""
+    return ValueError(f"{who}adapt={adapt!r} selects only frozen tensors (requires_grad=False): {list(names)}; "
+                      "unfreeze some of them or adapt others")
+
+
+def children_with_parameters(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``module``'s direct children that hold parameters, in order (the last one is its head)."""
+    return [(name, child) for name, child in module.named_children() if any(True for _ in child.parameters())]
 
 
 def _matching(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
@@ -35,10 +45,10 @@ def _matching(model: nn.Module, adapt: str | Sequence[str]) -> list[str]:
     if adapt == "all":
         return names
     if adapt == "head":
-        children = [c for c, m in model.named_children() if any(True for _ in m.parameters())]
+        children = children_with_parameters(model)
         if not children:
             raise ValueError("adapt='head' needs a model with child modules; give name patterns instead")
-        return [n for n in names if n.startswith(children[-1] + ".")]
+        return [n for n in names if n.startswith(children[-1][0] + ".")]
     patterns = [adapt] if isinstance(adapt, str) else list(adapt)
     chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
     if not chosen:

@@ -19,6 +19,7 @@ from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
 from lightning_meta.data.workers import check_spawned_process
 from lightning_meta.distributed import settle_process_group
+from lightning_meta.functional.objective import MetaObjective
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
 
 EVAL_STAGES = ("val", "test")
@@ -35,8 +36,20 @@ LRSchedulerCallable = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
 
 
 class MetaLearner(pl.LightningModule):
-    """Base of [MAML][lightning_meta.MAML] and [BlackBoxAdaptation][lightning_meta.BlackBoxAdaptation]: metrics,
-    logging and the optimizer.
+    """The one learner contract: every learner ([MAML][lightning_meta.MAML], [IMAML][lightning_meta.IMAML],
+    [Reptile][lightning_meta.Reptile], [ProtoNet][lightning_meta.ProtoNet],
+    [BlackBoxAdaptation][lightning_meta.BlackBoxAdaptation]) defines two hooks, and this base owns the rest.
+
+    * ``objective(batch) -> MetaObjective``: the training objective of a meta-batch, whose ``loss.backward()`` is
+      the meta-gradient, with detached ``query_losses [T]``, ``query_outputs [T, M, ...]`` and ``inner_losses
+      [T, steps]`` (``[T, 0]`` without an inner loop).
+    * ``evaluate(batch, at) -> {k: (query losses [T], query outputs [T, M, ...])}``: evaluation after ``k``
+      adaptation steps for each ``k`` in ``at`` (default ``0..eval_steps``), without an outer graph; a learner
+      with no inner loop answers ``{0: ...}``.
+
+    The base writes ``training_step`` (logging, the ``nonfinite`` policy, the accumulation-window rule),
+    ``validation_step``, ``test_step``, ``predict_step``, the adaptation curve, the episode metrics with their
+    95% confidence intervals, the optimizer and Lightning's tools (LR finder, ``BackboneFinetuning``).
 
     Logged keys: ``train/loss`` and ``train/acc`` (classification) or ``train/mse`` (regression);
     ``val/...`` and ``test/...`` with ``loss``, ``acc``/``mse`` and their ``_ci95`` half-widths, aggregated
@@ -50,32 +63,69 @@ class MetaLearner(pl.LightningModule):
     they are ``model.init_args.optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}``, the only place
     the optimizer is set (the CLI has no top-level ``optimizer:`` block).
 
+    Args:
+        nonfinite: ``"raise"`` stops naming the step (and, with an inner loop, the task) of a non-finite loss;
+            ``"skip"`` skips the meta-batch (under DDP every rank skips or raises together).
+        task_type: ``"auto"`` (the DataModule's task source says; without one, float targets regress and
+            integer labels classify), or either explicitly.
+        optimizer: the outer-loop optimizer, a callable ``params -> Optimizer`` (default Adam, lr 1e-3).
+        lr_scheduler: an optional callable ``optimizer -> LR scheduler``.
+        lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
+
     Examples:
-        >>> class Zero(MetaLearner):  # predicts 0 for every query; logs test/mse like any learner
-        ...     def test_step(self, batch, batch_idx):
-        ...         self.update_eval("test", "loss", batch.query_y.pow(2).flatten(1).mean(1))
-        ...         self.update_eval("test", "score", batch.query_y.pow(2).flatten(1).mean(1))
+        A regression baseline that predicts 0 for every query, trained, logged and evaluated like any learner:
+
+        >>> import torch
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.functional import MetaObjective
+        >>> class Zero(MetaLearner):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.bias = torch.nn.Parameter(torch.zeros(1))
+        ...     def objective(self, batch):
+        ...         batch, _ = self.prepare_batch(batch)
+        ...         outputs = self.bias.expand_as(batch.query_y)
+        ...         losses = (outputs - batch.query_y).pow(2).flatten(1).mean(1)
+        ...         return MetaObjective.without_inner_loop(losses, outputs)
+        ...     def evaluate(self, batch, at=None):
+        ...         objective = self.objective(batch)
+        ...         return {0: (objective.query_losses, objective.query_outputs)}
+        >>> batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(2)])
+        >>> Zero().evaluate(batch)[0][0].shape
+        torch.Size([2])
     """
+
+    #: adaptation steps evaluation reports (``InnerLoopLearner``: ``eval_inner_steps``); 0 without an inner loop
+    eval_steps: int = 0
+    #: also log ``pre_`` metrics (before adaptation); learners with an inner loop have the option
+    pre_adaptation_metrics: bool = False
+    #: record the query loss and score after every adaptation step (``adaptation_curves``)
+    adaptation_curve: bool = False
 
     def __init__(
         self,
+        *,
+        nonfinite: Literal["raise", "skip"] = "raise",
         task_type: Literal["auto"] | TaskType = "auto",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__()
+        check_choice("nonfinite", nonfinite, ("raise", "skip"))
         check_choice("task_type", task_type, ("auto", "classification", "regression"))
         check_factory("optimizer", optimizer, "functools.partial(torch.optim.Adam, lr=1e-3)")
         check_factory("lr_scheduler", lr_scheduler, "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=100)")
         check_choice("lr_scheduler_interval", lr_scheduler_interval, ("epoch", "step"))
-        self.task_type = task_type
+        self.task_type, self.nonfinite = task_type, nonfinite
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.curve_metrics = nn.ModuleDict()  # stage -> AdaptationCurve, created at the first curve update
         #: the last validation / test adaptation curve: ``{"val": {"step", "loss", "score", "score_name"}}``
         self.adaptation_curves: dict[str, dict] = {}
-        self._last_task_type = "classification"  # of the last batch seen; names the score metric
+        #: the task type read once at ``setup`` (configured, else the DataModule's), or from the first batch
+        self._data_task_type: str | None = None
+        self._window_contributed = False  # a meta-batch since the last optimizer step had a finite loss
         self._checked_shapes: tuple = ()  # batch shapes the output width was last checked against
         self.episode_metrics = nn.ModuleDict(
             {f"{stage}_{name}": EpisodeMeanCI() for stage in EVAL_STAGES for name in EVAL_METRICS}
@@ -89,6 +139,16 @@ class MetaLearner(pl.LightningModule):
         trainer = getattr(self, "_trainer", None)
         if trainer is not None:
             report_unreadable_checkpoints(trainer.strategy)
+        self._data_task_type = self._read_task_type(trainer)
+
+    def _read_task_type(self, trainer) -> str | None:
+        """The task type, read once: configured, else the attached DataModule's (its task source's); ``None`` leaves
+        it to the first batch."""
+        if self.task_type != "auto":
+            return self.task_type
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        found = getattr(datamodule, "task_type", None)
+        return found if found in ("classification", "regression") else None
 
     @_restricted_classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
@@ -106,7 +166,9 @@ class MetaLearner(pl.LightningModule):
         shape), so bad input fails here, naming the shapes, not deep in torch; then applies ``layout``.
         """
         batch.check()
-        task_type = self._last_task_type = self.task_type_of(batch.support_y)
+        task_type = self.task_type_of(batch.support_y)
+        if self._data_task_type is None and getattr(self, "_trainer", None) is not None:
+            self._data_task_type = task_type  # no DataModule said: the first batch of a Trainer run does
         shapes = (task_type, *(tuple(t.shape) for t in batch))
         if shapes != self._checked_shapes:
             self.check_output_width(batch, task_type)
@@ -121,9 +183,12 @@ class MetaLearner(pl.LightningModule):
         """Raise a ``ValueError`` if the learner's output cannot fit ``batch``'s targets (subclasses)."""
 
     def task_type_of(self, support_y: Tensor) -> str:
-        """The configured ``task_type``, or under ``"auto"``: float targets regress, integer labels classify."""
+        """The configured ``task_type``, else the one read at ``setup``, else (direct calls under ``"auto"``): float
+        targets regress, integer labels classify."""
         if self.task_type != "auto":
             return self.task_type
+        if self._data_task_type is not None:
+            return self._data_task_type
         return "regression" if support_y.is_floating_point() else "classification"
 
     def loss_fn(self, task_type: str):
@@ -163,7 +228,11 @@ class MetaLearner(pl.LightningModule):
         metric.reset()
         self.adaptation_curves[stage] = {"step": list(range(metric.steps + 1)), "loss": result["loss"].tolist(),
                                          "score": result["score"].tolist(),
-                                         "score_name": self.score_name(self._last_task_type)}
+                                         "score_name": self.score_name(self._score_task_type())}
+
+    def _score_task_type(self) -> str:
+        """The task type that names the score metric (``acc`` or ``mse``) at epoch end."""
+        return self._data_task_type or (self.task_type if self.task_type != "auto" else "classification")
 
     # -------------------------------------------------------------- DDP ranks
     def _world_size(self) -> int:
@@ -184,16 +253,33 @@ class MetaLearner(pl.LightningModule):
                 return cls.__name__
         return type(self).__name__
 
-    def raise_if_nonfinite(self, loss: Tensor) -> None:
-        """Raise ``FloatingPointError`` on every rank together if ``loss`` is not finite on some rank."""
-        bad_ranks = self._ranks_where(not bool(torch.isfinite(loss)))  # under DDP every rank raises together
-        if bad_ranks:
-            where = f" on rank(s) {bad_ranks}" if self._world_size() > 1 else ""
-            raise FloatingPointError(f"{self.algorithm}: non-finite loss{where} at global step {self.global_step}")
+    # ------------------------------------------------------------ non-finite
+    def check_finite(self, objective: MetaObjective) -> bool:
+        """``True`` if ``objective``'s losses are finite on every rank; else raise (``nonfinite="raise"``) or
+        ``False`` (``"skip"``). Under DDP the ranks agree first (one all-gather of a flag), so every rank skips the
+        same step or every rank raises: none is left waiting in the gradient all-reduce."""
+        inner, outer = objective.inner_losses, objective.query_losses
+        finite = bool(torch.isfinite(outer).all() & torch.isfinite(inner).all())
+        bad_ranks = self._ranks_where(not finite)
+        if not bad_ranks:
+            return True
+        if self.nonfinite == "skip":
+            return False
+        raise FloatingPointError(self.nonfinite_message(bad_ranks, finite, inner, outer))
+
+    def nonfinite_message(self, bad_ranks: list[int], finite_here: bool, inner: Tensor, outer: Tensor) -> str:
+        """What ``nonfinite="raise"`` says (learners with an inner loop name the task and step)."""
+        where = f" on rank(s) {bad_ranks}" if self._world_size() > 1 else ""
+        return (f"{self.algorithm}: non-finite loss{where} at global step {self.global_step}; lower the optimizer's "
+                "lr or set nonfinite='skip'")
+
+    def _zero_loss(self) -> Tensor:
+        """A skipped meta-batch's loss: zero gradient on every parameter, so DDP's all-reduce still runs."""
+        return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
 
     def _eval_epoch_end(self, stage: str) -> None:
         self._finish_curve(stage)
-        score = self.score_name(self._last_task_type)
+        score = self.score_name(self._score_task_type())
         for name in EVAL_METRICS:
             metric = self.episode_metrics[f"{stage}_{name}"]
             if not metric.update_called:
@@ -204,15 +290,72 @@ class MetaLearner(pl.LightningModule):
             self.log(f"{stage}/{key}_ci95", result["ci95"].float(), sync_dist=True)
             metric.reset()
 
-    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
-        """Accumulate ``stage``'s episode metrics for ``batch`` (subclasses; ``update_eval``, ``update_curve``)."""
+    # ------------------------------------------------------------- the hooks
+    def objective(self, batch: TaskBatch) -> MetaObjective:
+        """The training objective of ``batch`` without logging or non-finite checks: ``loss.backward()`` is the
+        gradient ``training_step`` takes (each learner defines it)."""
         raise NotImplementedError
+
+    def evaluate(self, batch: TaskBatch, at: Iterable[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+        """``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` adaptation steps, for ``k`` in ``at``
+        (default ``0..eval_steps``), without an outer graph (each learner defines it)."""
+        raise NotImplementedError
+
+    def query_trajectory(self, batch: TaskBatch, at: Iterable[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+        """The former name of [evaluate][lightning_meta.MetaLearner.evaluate] (kept as an alias)."""
+        return self.evaluate(batch, at)
+
+    def eval_points(self) -> set[int]:
+        """The adaptation steps a validation/test step evaluates: ``eval_steps``, plus 0 with
+        ``pre_adaptation_metrics``, or every step with ``adaptation_curve``."""
+        steps = self.eval_steps
+        if self.adaptation_curve:
+            return set(range(steps + 1))
+        return {0, steps} if self.pre_adaptation_metrics else {steps}
+
+    # ----------------------------------------------------------------- steps
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        objective = self.objective(batch)
+        if not self.check_finite(objective):
+            return self._zero_loss()
+        self._window_contributed = True
+        task_type = self.task_type_of(batch.support_y)
+        score = self.episode_score(task_type, objective.query_outputs, batch.query_y)
+        self.log_train(task_type, objective.query_losses.mean(), score, batch.num_tasks)
+        return objective.loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, except that an accumulation window of only skipped meta-batches takes none."""
+        if self.nonfinite != "skip" or optimizer_closure is None:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        result = optimizer_closure()
+        contributed, self._window_contributed = self._window_contributed, False
+        if contributed:
+            super().optimizer_step(epoch, batch_idx, optimizer, lambda: result)
+
+    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
+        """Query metrics after ``eval_steps`` (and 0: pre-adaptation), or after every step for the curve."""
+        steps, points = self.eval_steps, self.evaluate(batch, self.eval_points())
+        task_type = self.task_type_of(batch.support_y)
+        curve = {k: (loss, self.episode_score(task_type, out, batch.query_y)) for k, (loss, out) in points.items()}
+        self.update_eval(stage, "loss", curve[steps][0])
+        self.update_eval(stage, "score", curve[steps][1])
+        if self.pre_adaptation_metrics and 0 in curve:
+            self.update_eval(stage, "pre_loss", curve[0][0])
+            self.update_eval(stage, "pre_score", curve[0][1])
+        if self.adaptation_curve:
+            self.update_curve(stage, [curve[k][0] for k in range(steps + 1)], [curve[k][1] for k in range(steps + 1)])
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
+
+    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        """Query predictions ``[T, M, ...]`` after ``eval_steps`` of adaptation: logits (classification) or the
+        regression prediction."""
+        return self.evaluate(batch, {self.eval_steps})[self.eval_steps][1]
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -276,3 +419,10 @@ class MetaLearner(pl.LightningModule):
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def check_no_inner_steps(algorithm: str, at: Iterable[int] | None) -> None:
+    """A learner without an inner loop evaluates at step 0 only: any other step in ``at`` is a ``ValueError``."""
+    if at is not None and set(at) - {0}:
+        raise ValueError(f"{algorithm} has no inner loop: evaluate(batch, at) takes at={{0}} (or None), got "
+                         f"{sorted(set(at))}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
+from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable, check_no_inner_steps
 from lightning_meta.checks import check_choice
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_tasks
@@ -67,8 +68,8 @@ class BlackBoxAdaptation(MetaLearner):
     a task's features do not depend on the other tasks, as in ``MAML`` and ``ProtoNet``); encoders without batch
     statistics, and every encoder in evaluation, give the same numbers for any pass size. ``channels_last``
     copies image inputs to channels-last strides per task and converts the encoder's conv weights (several
-    times faster on CPU for one-channel images). The outer-loop optimizer is injected as for every
-    [MetaLearner][lightning_meta.MetaLearner] (``optimizer``, ``lr_scheduler``, ``lr_scheduler_interval``).
+    times faster on CPU for one-channel images). ``nonfinite`` and the outer-loop optimizer (``optimizer``,
+    ``lr_scheduler``, ``lr_scheduler_interval``) are as for every [MetaLearner][lightning_meta.MetaLearner].
 
     Examples:
         >>> import torch
@@ -82,6 +83,7 @@ class BlackBoxAdaptation(MetaLearner):
     def __init__(
         self,
         encoder: nn.Module,
+        *,
         aggregator: Aggregator = "mean",
         task_dim: int = 64,
         hidden: int = 128,
@@ -94,12 +96,14 @@ class BlackBoxAdaptation(MetaLearner):
         support_size: int | None = None,
         encoder_tasks: int | Literal["auto", "all"] = "auto",
         channels_last: bool = True,
+        nonfinite: Literal["raise", "skip"] = "raise",
         task_type: Literal["auto"] | TaskType = "auto",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
+        super().__init__(nonfinite=nonfinite, task_type=task_type, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                         lr_scheduler_interval=lr_scheduler_interval)
         check_choice("aggregator", aggregator, AGGREGATORS)
         if encoder_tasks not in ("auto", "all") and (
             isinstance(encoder_tasks, bool) or not isinstance(encoder_tasks, int) or encoder_tasks < 1
@@ -289,31 +293,20 @@ class BlackBoxAdaptation(MetaLearner):
     def objective(self, batch: TaskBatch) -> MetaObjective:
         """The objective of ``batch`` without logging or non-finite checks, in the same type as
         [MAML.objective][lightning_meta.MAML.objective]: ``objective(batch).loss.backward()`` is the gradient
-        ``training_step`` takes (no inner loop, so ``inner_losses`` is ``[T, 0]``)."""
+        ``training_step`` takes (no inner loop, so ``inner_losses`` is ``[T, 0]``). Training needs tasks of
+        exactly ``ways`` ways."""
         batch, task_type = self.prepare_batch(batch)
         self._check_training_ways(batch, task_type)
         losses, _, outputs = self._predict(batch, task_type)
-        return MetaObjective(losses.mean(), losses.detach(), outputs.detach(), losses.new_zeros(len(losses), 0))
+        return MetaObjective.without_inner_loop(losses, outputs)
 
-    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+    def evaluate(self, batch: TaskBatch, at: Iterable[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+        """``{0: (query losses [T], predictions)}``: logits ``[T, Q, ways]`` (tasks with fewer ways have the
+        unused logits masked) or means ``[T, Q, y_dim]``. No inner loop: one forward pass reads the support set."""
+        check_no_inner_steps(self.algorithm, at)
         batch, task_type = self.prepare_batch(batch)
-        self._check_training_ways(batch, task_type)
-        losses, score, _ = self._predict(batch, task_type)
-        loss = losses.mean()
-        self.raise_if_nonfinite(loss)
-        self.log_train(task_type, loss.detach(), score, batch.num_tasks)
-        return loss
-
-    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
-        batch, task_type = self.prepare_batch(batch)
-        losses, score, _ = self._predict(batch, task_type)
-        self.update_eval(stage, "loss", losses.detach())
-        self.update_eval(stage, "score", score)
-
-    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        """Query predictions: logits ``[T, Q, ways]`` or means ``[T, Q, y_dim]``."""
-        batch, task_type = self.prepare_batch(batch)
-        return self._predict(batch, task_type)[2]
+        losses, _, outputs = self._predict(batch, task_type)
+        return {0: (losses.detach(), outputs.detach())}
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:

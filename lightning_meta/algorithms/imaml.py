@@ -48,6 +48,7 @@ class IMAML(InnerLoopLearner):
     def __init__(
         self,
         model: nn.Module,
+        *,
         inner_lr: float = 0.1,
         inner_steps: int = 16,
         lam: float = 2.0,
@@ -55,7 +56,7 @@ class IMAML(InnerLoopLearner):
         hvp_method: Literal["autograd", "finite_difference"] = "autograd",
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, **kwargs)
+        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, **kwargs)
         check_number("lam", lam)
         check_positive("cg_steps", cg_steps)
         check_choice("hvp_method", hvp_method, ("autograd", "finite_difference"))
@@ -70,7 +71,7 @@ class IMAML(InnerLoopLearner):
         """``loss.backward()`` puts the mean implicit meta-gradient into ``.grad``; ``loss``'s value is the mean
         query loss at ``phi*``."""
         batch, task_type = self.prepare_batch(batch)
-        task_loss, theta = self._task_loss(task_type), self._theta(detach=False)
+        task_loss, theta = self.task_loss(task_type), self.theta()
         total = {n: torch.zeros_like(p) for n, p in theta.items()}
         q_losses, q_outs, inner = [], [], []
         for t in range(batch.num_tasks):

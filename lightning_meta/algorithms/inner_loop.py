@@ -4,7 +4,7 @@ adapting each task with gradient descent on its support set (``query_trajectory`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -18,7 +18,7 @@ from lightning_meta.checks import check_choice, check_number, check_positive
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.data.sources import TaskType
-from lightning_meta.functional import MetaObjective, Params, TaskLoss, adaptation_trajectory, query_trajectory
+from lightning_meta.functional import Params, TaskLoss, adaptation_trajectory, query_trajectory
 from lightning_meta.functional import select_adapted as select_adapted_tensors
 from lightning_meta.functional.params import frozen_selection_error
 from lightning_meta.models.norm import per_step_batch_norm, set_norm_step, transductive_batch_norm
@@ -71,7 +71,7 @@ class InnerLoopLearner(MetaLearner):
         >>> class FirstOrder(InnerLoopLearner):
         ...     def objective(self, batch):
         ...         batch, task_type = self.prepare_batch(batch)
-        ...         return meta_objective(self._task_loss(task_type), self._theta(detach=False), batch,
+        ...         return meta_objective(self.task_loss(task_type), self.theta(), batch,
         ...                               self.adapted_inner_lrs(), self.inner_steps, "first_order",
         ...                               adapted=self.adapted)
         >>> learner = FirstOrder(MLP(), inner_lr=0.01)
@@ -85,6 +85,7 @@ class InnerLoopLearner(MetaLearner):
     def __init__(
         self,
         model: nn.Module,
+        *,
         inner_lr: float = 0.4,
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
@@ -100,15 +101,15 @@ class InnerLoopLearner(MetaLearner):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
-        self._check_common_args(inner_lr, inner_steps, eval_inner_steps, nonfinite, inner_loss_scale)
+        super().__init__(nonfinite=nonfinite, task_type=task_type, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                         lr_scheduler_interval=lr_scheduler_interval)
+        _check_inner_loop_args(inner_lr, inner_steps, eval_inner_steps, inner_loss_scale)
         check_choice("batch_norm", batch_norm, self.batch_norm_policies)
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-        self.nonfinite, self.inner_loss_scale = nonfinite, inner_loss_scale
-        self._window_contributed = False  # a meta-batch since the last optimizer step had a finite loss
+        self.inner_loss_scale = inner_loss_scale
         self.batch_norm_layers = self._apply_batch_norm_policy(batch_norm)
         self.channels_last = channels_last
         self.pre_adaptation_metrics, self.adaptation_curve = pre_adaptation_metrics, adaptation_curve
@@ -118,15 +119,10 @@ class InnerLoopLearner(MetaLearner):
         self.adapt_names = select_adapted_tensors(model, adapt, include_frozen=True)
         self.register_buffer("inner_lrs", torch.full((1, len(self.adapt_names)), float(inner_lr)))
 
-    @staticmethod
-    def _check_common_args(inner_lr, inner_steps, eval_inner_steps, nonfinite, inner_loss_scale) -> None:
-        check_number("inner_lr", inner_lr)
-        check_positive("inner_steps", inner_steps)
-        if eval_inner_steps is not None:
-            check_positive("eval_inner_steps", eval_inner_steps, 0)
-        check_choice("nonfinite", nonfinite, ("raise", "skip"))
-        if inner_loss_scale is not None:
-            check_number("inner_loss_scale", inner_loss_scale)
+    @property
+    def eval_steps(self) -> int:
+        """Evaluation adapts each task for ``eval_inner_steps``."""
+        return self.eval_inner_steps
 
     def _apply_batch_norm_policy(self, policy: str) -> list[str]:
         if policy == "transductive":
@@ -213,28 +209,23 @@ class InnerLoopLearner(MetaLearner):
         precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
         return FP16_INNER_LOSS_SCALE if precision.startswith("16") else 1.0
 
-    def _task_loss(self, task_type: str) -> TaskLoss:
+    def task_loss(self, task_type: str | None = None) -> TaskLoss:
+        """``(params, x, y) -> (loss, output)`` of the model for ``task_type`` tasks (default: the one read at
+        ``setup``, else classification): what the functional inner loop differentiates."""
+        task_type = task_type or self._score_task_type()
         hook = (lambda k: set_norm_step(self.model, k)) if self.hparams.batch_norm == "per_step" else None
         return TaskLoss(self.model, self.loss_fn(task_type), hook)
 
-    def _theta(self, detach: bool) -> Params:
-        """The trainable tensors by name; a frozen one is left to the module (a constant of every forward)."""
+    def theta(self, detach: bool = False) -> Params:
+        """The trainable tensors by name (``detach=True``: fresh leaves, for evaluation); a frozen one is left to
+        the module (a constant of every forward)."""
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         return {n: p.detach().requires_grad_() for n, p in params.items()} if detach else params
 
-    def _check_finite(self, inner: Tensor, outer: Tensor) -> bool:
-        """``inner [T, steps]`` support losses, ``outer [T]`` query losses; raise or report non-finite.
-
-        Under DDP the ranks agree first (one all-gather of a flag), so that every rank skips the same step
-        or every rank raises: none is left waiting in the gradient all-reduce.
-        """
-        finite = bool(torch.isfinite(outer).all() & torch.isfinite(inner).all())
-        bad_ranks = self._ranks_where(not finite)
-        if not bad_ranks:
-            return True
-        if self.nonfinite == "skip":
-            return False
-        if finite:
+    def nonfinite_message(self, bad_ranks: list[int], finite_here: bool, inner: Tensor, outer: Tensor) -> str:
+        """Names the inner step and task of the first non-finite support loss (or the query loss's task), the rank,
+        and what to lower."""
+        if finite_here:
             where = f"rank(s) {bad_ranks} (this rank, {self.global_rank}, was finite)"
         else:
             bad = (~torch.isfinite(inner)).nonzero()
@@ -244,44 +235,22 @@ class InnerLoopLearner(MetaLearner):
         scale = self._loss_scale()
         hint = (f"; under inner_loss_scale {scale:g} a float16 inner gradient above {65504 / scale:g} overflows: "
                 "pass a smaller inner_loss_scale (1.0 turns it off)") if scale != 1.0 else ""
-        raise FloatingPointError(
-            f"{self.algorithm}: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
-            f"(now {self.hparams.inner_lr}) or the optimizer's lr, or set nonfinite='skip'{hint}"
-        )
+        return (f"{self.algorithm}: non-finite loss at {where} (global step {self.global_step}); lower inner_lr "
+                f"(now {self.hparams.inner_lr}) or the optimizer's lr, or set nonfinite='skip'{hint}")
 
-    # ------------------------------------------------------------ Lightning
-    def objective(self, batch: TaskBatch) -> MetaObjective:
-        """The training objective of ``batch`` without logging or non-finite checks: ``loss.backward()`` is
-        the meta-gradient ``training_step`` takes (subclasses)."""
-        raise NotImplementedError
-
-    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        objective, task_type = self.objective(batch), self._last_task_type
-        if not self._check_finite(objective.inner_losses, objective.query_losses):
-            return self._zero_loss()
-        self._window_contributed = True
-        score = self.episode_score(task_type, objective.query_outputs, batch.query_y)
-        self.log_train(task_type, objective.query_losses.mean(), score, batch.num_tasks)
-        return objective.loss
-
-    def _zero_loss(self) -> Tensor:
-        """A skipped meta-batch's loss: zero gradient on every parameter, so DDP's all-reduce still runs."""
-        return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, except that an accumulation window of only skipped meta-batches takes none."""
-        if self.nonfinite != "skip" or optimizer_closure is None:
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        result = optimizer_closure()
-        contributed, self._window_contributed = self._window_contributed, False
-        if contributed:
-            super().optimizer_step(epoch, batch_idx, optimizer, lambda: result)
-
-    def query_trajectory(self, batch: TaskBatch, at: set[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+    # ------------------------------------------------------------ the hooks
+    def evaluate(self, batch: TaskBatch, at: Iterable[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
         """``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in ``at``
-        (default ``0..eval_inner_steps``), without an outer graph: evaluation without logging."""
+        (default ``0..eval_inner_steps``), adapting each task with this learner's inner rule, without an outer
+        graph."""
         batch, task_type = self.prepare_batch(batch)
-        return self._trajectory(batch, task_type, set(range(self.eval_inner_steps + 1)) if at is None else at)
+        at = set(range(self.eval_inner_steps + 1)) if at is None else set(at)
+        task_loss, theta = self.task_loss(task_type), self.theta(detach=True)
+        adapted, lrs = self._adapted_and_lrs()
+        with grad_enabled():
+            return query_trajectory(task_loss, theta, usable(batch), lrs.detach(), self.eval_inner_steps,
+                                    adapted=adapted, at=at, loss_scale=self._loss_scale(),
+                                    adaptation=lambda x, y, steps: self.adaptation(task_loss, theta, x, y, steps))
 
     def adaptation(self, task_loss: TaskLoss, theta: Params, x: Tensor, y: Tensor, steps: int
                    ) -> Iterator[tuple[int, Params]]:
@@ -291,42 +260,14 @@ class InnerLoopLearner(MetaLearner):
         return adaptation_trajectory(task_loss, theta, adapted, x, y, lrs.detach(), steps,
                                      loss_scale=self._loss_scale())
 
-    def _trajectory(self, batch: TaskBatch, task_type: str, at: set[int]) -> dict[int, tuple[Tensor, Tensor]]:
-        task_loss, theta = self._task_loss(task_type), self._theta(detach=True)
-        adapted, lrs = self._adapted_and_lrs()
-        with grad_enabled():
-            return query_trajectory(task_loss, theta, usable(batch), lrs.detach(), self.eval_inner_steps,
-                                    adapted=adapted, at=at, loss_scale=self._loss_scale(),
-                                    adaptation=lambda x, y, steps: self.adaptation(task_loss, theta, x, y, steps))
-
-    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
-        """Query metrics after ``eval_inner_steps`` (and 0: pre-adaptation), or after every step for the curve."""
-        batch, task_type = self.prepare_batch(batch)
-        steps = self.eval_inner_steps
-        at = set(range(steps + 1)) if self.adaptation_curve else {0, steps} if self.pre_adaptation_metrics else {steps}
-        curve = {k: (loss, self.episode_score(task_type, out, batch.query_y))
-                 for k, (loss, out) in self._trajectory(batch, task_type, at).items()}
-        self.update_eval(stage, "loss", curve[steps][0])
-        self.update_eval(stage, "score", curve[steps][1])
-        if 0 in curve:
-            self.update_eval(stage, "pre_loss", curve[0][0])
-            self.update_eval(stage, "pre_score", curve[0][1])
-        if self.adaptation_curve:
-            self.update_curve(stage, [curve[k][0] for k in range(steps + 1)], [curve[k][1] for k in range(steps + 1)])
-
-    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        """Query predictions ``[T, M, ...]`` after ``eval_inner_steps`` of adaptation."""
-        batch, task_type = self.prepare_batch(batch)
-        return self._trajectory(batch, task_type, {self.eval_inner_steps})[self.eval_inner_steps][1]
-
     def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
         """The adapted parameters ``phi`` for one task's support set (no outer graph): every trainable tensor (a frozen
         one stays the module's, which ``forward(x, phi)`` uses)."""
         steps = self.eval_inner_steps if steps is None else steps
-        task_loss = self._task_loss(self.task_type_of(support_y))
+        task_loss = self.task_loss(self.task_type_of(support_y))
         with grad_enabled():
             x, y = self._image_layout(usable(support_x)), usable(support_y)
-            *_, (_, phi) = self.adaptation(task_loss, self._theta(detach=True), x, y, steps)
+            *_, (_, phi) = self.adaptation(task_loss, self.theta(detach=True), x, y, steps)
         return {n: p.detach() for n, p in phi.items()}
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
@@ -337,6 +278,15 @@ class InnerLoopLearner(MetaLearner):
     def _image_layout(self, x: Tensor) -> Tensor:
         """One task's images ``[M, C, H, W]`` in channels-last strides, if enabled."""
         return channels_last_tasks(x[None])[0] if self.channels_last and x.dim() == 4 else x
+
+
+def _check_inner_loop_args(inner_lr, inner_steps, eval_inner_steps, inner_loss_scale) -> None:
+    check_number("inner_lr", inner_lr)
+    check_positive("inner_steps", inner_steps)
+    if eval_inner_steps is not None:
+        check_positive("eval_inner_steps", eval_inner_steps, 0)
+    if inner_loss_scale is not None:
+        check_number("inner_loss_scale", inner_loss_scale)
 
 
 def _current_name(name: str, params: dict[str, Tensor]) -> str:

@@ -98,6 +98,7 @@ class MAML(InnerLoopLearner):
     def __init__(
         self,
         model: nn.Module,
+        *,
         inner_lr: float = 0.4,
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
@@ -120,9 +121,11 @@ class MAML(InnerLoopLearner):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, eval_inner_steps, adapt, batch_norm, nonfinite,
-                         inner_loss_scale, channels_last, pre_adaptation_metrics, adaptation_curve, task_type,
-                         optimizer, lr_scheduler, lr_scheduler_interval)
+        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_steps=eval_inner_steps,
+                         adapt=adapt, batch_norm=batch_norm, nonfinite=nonfinite, inner_loss_scale=inner_loss_scale,
+                         channels_last=channels_last, pre_adaptation_metrics=pre_adaptation_metrics,
+                         adaptation_curve=adaptation_curve, task_type=task_type, optimizer=optimizer,
+                         lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
         check_choice("meta_gradient", meta_gradient, META_GRADIENTS)
         check_choice("hvp_method", hvp_method, ("autograd", "finite_difference"))
         check_choice("learn_inner_lr", learn_inner_lr, ("off", "per_tensor", "per_step"))
@@ -164,6 +167,6 @@ class MAML(InnerLoopLearner):
             weights = weights.to(self.inner_lrs)
         adapted, inner_lrs = self._adapted_and_lrs()
         return meta_objective(
-            self._task_loss(task_type), self._theta(detach=False), batch, inner_lrs, self.inner_steps,
+            self.task_loss(task_type), self.theta(), batch, inner_lrs, self.inner_steps,
             mode, adapted=adapted, vectorize=self.vectorize, hvp_method=self.hvp_method,
             loss_scale=self._loss_scale(), step_weights=weights)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable
+from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable, check_no_inner_steps
 from lightning_meta.algorithms.trainer_tools import body_of
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch
@@ -31,11 +32,9 @@ class ProtoNet(MetaLearner):
             ``[examples, D]``.
         channels_last: image inputs and conv weights in channels-last memory order.
         task_type: ``"auto"`` or ``"classification"`` (``"regression"`` is refused).
-        optimizer: the optimizer, a callable ``params -> Optimizer`` (default Adam, lr 1e-3); see
-            [MetaLearner][lightning_meta.MetaLearner].
-        lr_scheduler: an optional callable ``optimizer -> LR scheduler`` (the paper halves the lr every 2000
-            episodes: ``StepLR(step_size=2000, gamma=0.5)`` with ``lr_scheduler_interval="step"``).
-        lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
+        nonfinite, optimizer, lr_scheduler, lr_scheduler_interval: as for every
+            [MetaLearner][lightning_meta.MetaLearner] (the paper halves the lr every 2000 episodes:
+            ``StepLR(step_size=2000, gamma=0.5)`` with ``lr_scheduler_interval="step"``).
 
     Examples:
         >>> import torch
@@ -51,7 +50,9 @@ class ProtoNet(MetaLearner):
     def __init__(
         self,
         encoder: nn.Module,
+        *,
         channels_last: bool = True,
+        nonfinite: Literal["raise", "skip"] = "raise",
         task_type: Literal["auto", "classification"] = "auto",
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -59,7 +60,8 @@ class ProtoNet(MetaLearner):
     ) -> None:
         if task_type == "regression":
             raise ValueError(_REGRESSION)
-        super().__init__(task_type, optimizer, lr_scheduler, lr_scheduler_interval)
+        super().__init__(nonfinite=nonfinite, task_type=task_type, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                         lr_scheduler_interval=lr_scheduler_interval)
         self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
         self.encoder, self.channels_last = encoder, channels_last
         if channels_last:
@@ -97,24 +99,14 @@ class ProtoNet(MetaLearner):
         logits = self.logits(batch)
         wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 kept
         losses = F.cross_entropy(wide.flatten(0, 1), batch.query_y.flatten(), reduction="none")
-        losses = losses.view(batch.query_y.shape).mean(1)
-        return MetaObjective(losses.mean(), losses.detach(), logits.detach(), losses.new_zeros(len(losses), 0))
+        return MetaObjective.without_inner_loop(losses.view(batch.query_y.shape).mean(1), logits)
 
-    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+    def evaluate(self, batch: TaskBatch, at: Iterable[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+        """``{0: (query losses [T], query logits [T, Q, ways])}``: no inner loop, adapting is computing the
+        prototypes."""
+        check_no_inner_steps(self.algorithm, at)
         objective = self.objective(batch)
-        self.raise_if_nonfinite(objective.loss)
-        score = self.episode_score("classification", objective.query_outputs, batch.query_y)
-        self.log_train("classification", objective.query_losses.mean(), score, batch.num_tasks)
-        return objective.loss
-
-    def _eval_step(self, batch: TaskBatch, stage: str) -> None:
-        objective = self.objective(batch)
-        self.update_eval(stage, "loss", objective.query_losses)
-        self.update_eval(stage, "score", self.episode_score("classification", objective.query_outputs, batch.query_y))
-
-    def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        """Query logits ``[T, Q, ways]``."""
-        return self.objective(batch).query_outputs
+        return {0: (objective.query_losses, objective.query_outputs)}
 
 
 _REGRESSION = ("ProtoNet classifies: regression tasks (float targets, e.g. SinusoidTasks) have no classes to "

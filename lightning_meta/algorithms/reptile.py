@@ -52,6 +52,7 @@ class Reptile(InnerLoopLearner):
     def __init__(
         self,
         model: nn.Module,
+        *,
         inner_lr: float = 0.001,
         inner_steps: int = 5,
         inner_optimizer: InnerOptimizer = "adam",
@@ -59,7 +60,7 @@ class Reptile(InnerLoopLearner):
         inner_data: Literal["all", "support"] = "all",
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, **kwargs)
+        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, **kwargs)
         check_choice("inner_optimizer", inner_optimizer, ("sgd", "adam"))
         check_choice("inner_data", inner_data, ("all", "support"))
         for i, beta in enumerate(inner_betas):
@@ -85,7 +86,7 @@ class Reptile(InnerLoopLearner):
         """``loss.backward()`` puts ``theta - mean_tasks(phi_K)`` into ``.grad``; ``loss``'s value is the mean query
         loss after adaptation."""
         batch, task_type = self.prepare_batch(batch)
-        task_loss, theta = self._task_loss(task_type), self._theta(detach=False)
+        task_loss, theta = self.task_loss(task_type), self.theta()
         adapted, q_losses, q_outs, inner = [], [], [], []
         for t in range(batch.num_tasks):
             x, y = batch.support_x[t], batch.support_y[t]

@@ -67,6 +67,12 @@ class MetaObjective(NamedTuple):
     query_outputs: Tensor
     inner_losses: Tensor
 
+    @classmethod
+    def without_inner_loop(cls, losses: Tensor, outputs: Tensor) -> MetaObjective:
+        """The objective of a learner without an inner loop (ProtoNet, black-box): ``losses [T]`` with their
+        graph, ``outputs [T, M, ...]``; ``loss`` is their mean and ``inner_losses`` is ``[T, 0]``."""
+        return cls(losses.mean(), losses.detach(), outputs.detach(), losses.new_zeros(len(losses), 0))
+
 
 def task_objective(
     task_loss: TaskLoss,

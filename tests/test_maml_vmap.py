@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import lightning_meta.functional.objective as objective_module
+import lightning_meta.functional.maml as objective_module
 from lightning_meta import MAML, SinusoidTasks, TaskBatch
 from lightning_meta.data.seeding import task_generator
 from lightning_meta.models import MLP, Conv4

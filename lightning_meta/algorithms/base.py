@@ -19,7 +19,7 @@ from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
 from lightning_meta.data.workers import check_spawned_process
 from lightning_meta.distributed import settle_process_group
-from lightning_meta.functional.objective import MetaObjective
+from lightning_meta.functional.meta_batch import MetaObjective
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
 
 EVAL_STAGES = ("val", "test")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Literal
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_meta.algorithms.inner_loop import InnerLoopLearner
 from lightning_meta.checks import check_choice, check_number, check_positive
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.functional import MetaObjective, Params, TaskLoss, as_gradient_loss
-from lightning_meta.functional.implicit import implicit_meta_gradient, proximal_trajectory
+from lightning_meta.functional import MetaObjective, ProximalDescent, imaml_objective
 
 
 class IMAML(InnerLoopLearner):
@@ -62,26 +59,14 @@ class IMAML(InnerLoopLearner):
         check_choice("hvp_method", hvp_method, ("autograd", "finite_difference"))
         self.lam, self.cg_steps, self.hvp_method = float(lam), cg_steps, hvp_method
 
-    def adaptation(self, task_loss: TaskLoss, theta: Params, x: Tensor, y: Tensor, steps: int
-                   ) -> Iterator[tuple[int, Params]]:
-        return proximal_trajectory(task_loss, theta, self.adapted, x, y, self.lam, self.inner_lr, steps,
-                                   self._loss_scale())
+    def make_inner_optimizer(self) -> ProximalDescent:
+        """Gradient descent on the proximal problem around ``theta`` (evaluation solves the same problem)."""
+        return ProximalDescent(self.adapted, self.lam, self.inner_lr, self._loss_scale())
 
     def objective(self, batch: TaskBatch) -> MetaObjective:
         """``loss.backward()`` puts the mean implicit meta-gradient into ``.grad``; ``loss``'s value is the mean
-        query loss at ``phi*``."""
+        query loss at ``phi*`` ([imaml_objective][lightning_meta.functional.imaml_objective])."""
         batch, task_type = self.prepare_batch(batch)
-        task_loss, theta = self.task_loss(task_type), self.theta()
-        total = {n: torch.zeros_like(p) for n, p in theta.items()}
-        q_losses, q_outs, inner = [], [], []
-        for t in range(batch.num_tasks):
-            grads, q_loss, q_out, losses = implicit_meta_gradient(
-                task_loss, theta, self.adapted, (batch.support_x[t], batch.support_y[t]),
-                (batch.query_x[t], batch.query_y[t]), lam=self.lam, lr=self.inner_lr, steps=self.inner_steps,
-                cg_steps=self.cg_steps, hvp_method=self.hvp_method, loss_scale=self._loss_scale())
-            for n in total:
-                total[n] += grads[n]
-            q_losses.append(q_loss), q_outs.append(q_out), inner.append(losses)
-        q_losses_t = torch.stack(q_losses)
-        loss = as_gradient_loss(theta, {n: g / batch.num_tasks for n, g in total.items()}, q_losses_t.mean())
-        return MetaObjective(loss, q_losses_t, torch.stack(q_outs), torch.stack(inner))
+        return imaml_objective(self.task_loss(task_type), self.theta(), batch, self.adapted, lam=self.lam,
+                               lr=self.inner_lr, steps=self.inner_steps, cg_steps=self.cg_steps,
+                               hvp_method=self.hvp_method, loss_scale=self._loss_scale())

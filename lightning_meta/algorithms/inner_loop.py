@@ -4,7 +4,7 @@ adapting each task with gradient descent on its support set (``query_trajectory`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -18,7 +18,7 @@ from lightning_meta.checks import check_choice, check_number, check_positive
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.data.sources import TaskType
-from lightning_meta.functional import Params, TaskLoss, adaptation_trajectory, query_trajectory
+from lightning_meta.functional import InnerOptimizer, InnerSGD, Params, TaskLoss, query_trajectory, unroll
 from lightning_meta.functional import select_adapted as select_adapted_tensors
 from lightning_meta.functional.params import frozen_selection_error
 from lightning_meta.models.norm import per_step_batch_norm, set_norm_step, transductive_batch_norm
@@ -241,24 +241,19 @@ class InnerLoopLearner(MetaLearner):
     # ------------------------------------------------------------ the hooks
     def evaluate(self, batch: TaskBatch, at: Iterable[int] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
         """``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in ``at``
-        (default ``0..eval_inner_steps``), adapting each task with this learner's inner rule, without an outer
+        (default ``0..eval_inner_steps``), adapting each task with ``make_inner_optimizer()``, without an outer
         graph."""
         batch, task_type = self.prepare_batch(batch)
         at = set(range(self.eval_inner_steps + 1)) if at is None else set(at)
-        task_loss, theta = self.task_loss(task_type), self.theta(detach=True)
-        adapted, lrs = self._adapted_and_lrs()
         with grad_enabled():
-            return query_trajectory(task_loss, theta, usable(batch), lrs.detach(), self.eval_inner_steps,
-                                    adapted=adapted, at=at, loss_scale=self._loss_scale(),
-                                    adaptation=lambda x, y, steps: self.adaptation(task_loss, theta, x, y, steps))
+            return query_trajectory(self.task_loss(task_type), self.theta(detach=True), usable(batch), None,
+                                    self.eval_inner_steps, at=at, optimizer=self.make_inner_optimizer())
 
-    def adaptation(self, task_loss: TaskLoss, theta: Params, x: Tensor, y: Tensor, steps: int
-                   ) -> Iterator[tuple[int, Params]]:
-        """``(k, phi_k)``, ``k = 0..steps``: how evaluation adapts one task (no outer graph). Here: SGD at the inner
-        learning rates; Reptile and iMAML adapt with their own inner optimizers."""
+    def make_inner_optimizer(self) -> InnerOptimizer:
+        """The inner optimizer (a value: ``init``/``step``) that adapts a task in evaluation, ``adapted_params`` and
+        ``adapt``: here SGD at the inner learning rates on ``adapted``; Reptile and iMAML return theirs."""
         adapted, lrs = self._adapted_and_lrs()
-        return adaptation_trajectory(task_loss, theta, adapted, x, y, lrs.detach(), steps,
-                                     loss_scale=self._loss_scale())
+        return InnerSGD(adapted, lrs.detach(), loss_scale=self._loss_scale())
 
     def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
         """The adapted parameters ``phi`` for one task's support set (no outer graph): every trainable tensor (a frozen
@@ -267,7 +262,7 @@ class InnerLoopLearner(MetaLearner):
         task_loss = self.task_loss(self.task_type_of(support_y))
         with grad_enabled():
             x, y = self._image_layout(usable(support_x)), usable(support_y)
-            *_, (_, phi) = self.adaptation(task_loss, self.theta(detach=True), x, y, steps)
+            phi, _ = unroll(self.make_inner_optimizer(), task_loss, self.theta(detach=True), x, y, steps).final()
         return {n: p.detach() for n, p in phi.items()}
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:

@@ -13,8 +13,8 @@ from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, Opt
 from lightning_meta.algorithms.trainer_tools import body_of
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch
-from lightning_meta.functional.objective import MetaObjective
-from lightning_meta.functional.prototypes import prototypical_logits
+from lightning_meta.functional.meta_batch import MetaObjective
+from lightning_meta.functional.protonet import prototypical_logits
 
 
 class ProtoNet(MetaLearner):

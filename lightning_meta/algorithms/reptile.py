@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -12,8 +12,8 @@ from torch.optim import Optimizer
 from lightning_meta.algorithms.inner_loop import InnerLoopLearner
 from lightning_meta.checks import check_choice, check_number
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.functional import MetaObjective, Params, TaskLoss, as_gradient_loss
-from lightning_meta.functional.reptile import InnerOptimizer, inner_train, inner_train_trajectory, reptile_gradient
+from lightning_meta.functional import InnerAdam, MetaObjective, reptile_objective
+from lightning_meta.functional.reptile import InnerOptimizerKind
 
 
 class Reptile(InnerLoopLearner):
@@ -55,7 +55,7 @@ class Reptile(InnerLoopLearner):
         *,
         inner_lr: float = 0.001,
         inner_steps: int = 5,
-        inner_optimizer: InnerOptimizer = "adam",
+        inner_optimizer: InnerOptimizerKind = "adam",
         inner_betas: tuple[float, float] = (0.0, 0.999),
         inner_data: Literal["all", "support"] = "all",
         **kwargs: Any,
@@ -73,29 +73,14 @@ class Reptile(InnerLoopLearner):
         """``SGD(lr=1.0)``: the paper's outer update ``theta + eps (phi - theta)`` with ``eps = 1``."""
         return torch.optim.SGD(params, lr=1.0)
 
-    def _train(self, task_loss: TaskLoss, theta: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
-        return inner_train(task_loss, theta, self.adapted, x, y, self.inner_steps, self.inner_lr,
-                           self.inner_optimizer, self.inner_betas, loss_scale=self._loss_scale())
-
-    def adaptation(self, task_loss: TaskLoss, theta: Params, x: Tensor, y: Tensor, steps: int
-                   ) -> Iterator[tuple[int, Params]]:
-        return inner_train_trajectory(task_loss, theta, self.adapted, x, y, steps, self.inner_lr,
-                                      self.inner_optimizer, self.inner_betas, loss_scale=self._loss_scale())
+    def make_inner_optimizer(self) -> InnerAdam:
+        """The configured inner SGD or Adam on ``adapted`` (training and evaluation alike)."""
+        return InnerAdam(self.adapted, self.inner_lr, self.inner_optimizer, self.inner_betas,
+                         loss_scale=self._loss_scale())
 
     def objective(self, batch: TaskBatch) -> MetaObjective:
         """``loss.backward()`` puts ``theta - mean_tasks(phi_K)`` into ``.grad``; ``loss``'s value is the mean query
-        loss after adaptation."""
+        loss after adaptation ([reptile_objective][lightning_meta.functional.reptile_objective])."""
         batch, task_type = self.prepare_batch(batch)
-        task_loss, theta = self.task_loss(task_type), self.theta()
-        adapted, q_losses, q_outs, inner = [], [], [], []
-        for t in range(batch.num_tasks):
-            x, y = batch.support_x[t], batch.support_y[t]
-            if self.inner_data == "all":
-                x, y = torch.cat([x, batch.query_x[t]]), torch.cat([y, batch.query_y[t]])
-            phi, losses = self._train(task_loss, theta, x, y)
-            with torch.no_grad():
-                q_loss, q_out = task_loss(phi, batch.query_x[t], batch.query_y[t])
-            adapted.append(phi), q_losses.append(q_loss), q_outs.append(q_out), inner.append(losses)
-        q_losses_t = torch.stack(q_losses)
-        loss = as_gradient_loss(theta, reptile_gradient(theta, adapted), q_losses_t.mean())
-        return MetaObjective(loss, q_losses_t, torch.stack(q_outs), torch.stack(inner))
+        return reptile_objective(self.task_loss(task_type), self.theta(), batch, self.make_inner_optimizer(),
+                                 self.inner_steps, inner_data=self.inner_data)

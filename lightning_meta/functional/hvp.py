@@ -23,7 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_meta.functional.inner_loop import Params, TaskLoss, inner_step, scaled_grad, step_row
+from lightning_meta.functional.inner_loop import TaskLoss, inner_step, scaled_grad, step_row
+from lightning_meta.functional.params import Params
 
 HvpMethod = Literal["autograd", "finite_difference"]
 

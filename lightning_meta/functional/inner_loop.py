@@ -1,20 +1,20 @@
 """One inner-loop step over a parameter dict, with ``torch.func.functional_call`` (no module cloning).
 
-[inner_step][lightning_meta.functional.inner_step] is the only place that writes ``phi <- phi - lr * grad``: the
-unrolled loop ([adapt][lightning_meta.functional.adapt]), the per-task function that ``vmap`` maps
-(``functional=True``), the HVP recurrence's forward pass and the evaluation trajectory
-([adaptation_trajectory][lightning_meta.functional.adaptation_trajectory]) all call it.
+[inner_step][lightning_meta.functional.inner_step] is the only place that writes ``phi <- phi - lr * grad``: MAML's
+inner optimizer ([InnerSGD][lightning_meta.functional.InnerSGD], behind [adapt][lightning_meta.functional.adapt], the
+per-task function that ``vmap`` maps and the evaluation trajectory) and the HVP recurrence's forward pass call it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-Params = dict[str, Tensor]
+from lightning_meta.functional.params import Params
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -113,62 +113,3 @@ def inner_step(
     for i, (name, g) in enumerate(zip(names, grads)):
         new[name] = params[name] - lr_row[i] * (g.detach() if first_order else g)
     return new, loss, grads
-
-
-def adapt(
-    task_loss: TaskLoss,
-    params: Params,
-    names: Sequence[str],
-    x: Tensor,
-    y: Tensor,
-    lrs: Tensor,
-    steps: int,
-    *,
-    create_graph: bool = False,
-    first_order: bool = False,
-    loss_scale: float = 1.0,
-    functional: bool = False,
-) -> tuple[Params, Tensor]:
-    """``steps`` inner steps on one task's support set: ``(phi_K, support losses [steps])``.
-
-    ``lrs`` is ``[rows, len(names)]``; step ``k`` uses row ``min(k, rows - 1)``. The support losses are
-    detached (for metrics and non-finite checks); ``phi_K`` keeps whatever graph the flags ask for.
-    """
-    fast, losses = dict(params), []
-    for k in range(steps):
-        fast, loss, _ = inner_step(task_loss.at_step(k), fast, names, x, y, lrs[step_row(lrs, k)],
-                                   create_graph=create_graph, first_order=first_order, loss_scale=loss_scale,
-                                   functional=functional)
-        losses.append(loss.detach())
-    return fast, torch.stack(losses) if losses else x.new_zeros(0)
-
-
-def adaptation_trajectory(
-    task_loss: TaskLoss,
-    params: Params,
-    names: Sequence[str],
-    x: Tensor,
-    y: Tensor,
-    lrs: Tensor,
-    steps: int,
-    *,
-    loss_scale: float = 1.0,
-) -> Iterator[tuple[int, Params]]:
-    """``(k, phi_k)`` for ``k = 0..steps`` (``phi_0 = params``), without an outer graph: for evaluation.
-
-    Examples:
-        >>> model = torch.nn.Linear(1, 1, bias=False)
-        >>> f = TaskLoss(model, lambda out, y: ((out - y) ** 2).sum() / 2)
-        >>> theta = {"weight": torch.ones(1, 1, requires_grad=True)}
-        >>> [round(float(phi["weight"]), 3) for _, phi in adaptation_trajectory(
-        ...     f, theta, ["weight"], torch.ones(1, 1), torch.zeros(1, 1), torch.tensor([[0.5]]), 2)]
-        [1.0, 0.5, 0.25]
-    """
-    fast = {n: p.detach().requires_grad_(n in names) for n, p in params.items()}
-    for k in range(steps + 1):
-        yield k, fast
-        if k < steps:
-            with torch.enable_grad():
-                fast, _, _ = inner_step(task_loss.at_step(k), fast, names, x, y, lrs[step_row(lrs, k)],
-                                        loss_scale=loss_scale)
-            fast = {n: p.detach().requires_grad_(n in names) for n, p in fast.items()}

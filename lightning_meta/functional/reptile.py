@@ -11,59 +11,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_meta.functional.inner_loop import Params, TaskLoss, scaled_grad
+from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.functional.inner_loop import TaskLoss
+from lightning_meta.functional.inner_optim import InnerAdam, InnerOptimizer, unroll
+from lightning_meta.functional.meta_batch import MetaObjective, TaskGradient, gradient_objective
+from lightning_meta.functional.params import Params
 
-InnerOptimizer = Literal["sgd", "adam"]
-
-
-class InnerOptimizerState:
-    """Per-task state of the inner optimizer: the step count and Adam's moments (unused by SGD).
-
-    Examples:
-        >>> model = torch.nn.Linear(1, 1, bias=False)
-        >>> f = TaskLoss(model, lambda out, y: ((out - y) ** 2).sum() / 2)
-        >>> state = InnerOptimizerState()
-        >>> phi, loss = inner_update(f, {"weight": torch.ones(1, 1)}, ["weight"], torch.ones(1, 1),
-        ...                          torch.zeros(1, 1), 0.1, state, "adam")
-        >>> state.step, round(phi["weight"].item(), 4)  # Adam's first step moves by lr
-        (1, 0.9)
-    """
-
-    def __init__(self) -> None:
-        self.step: int = 0
-        self.m: dict[str, Tensor] = {}
-        self.v: dict[str, Tensor] = {}
-
-
-def inner_update(
-    task_loss: TaskLoss,
-    phi: Params,
-    names: Sequence[str],
-    x: Tensor,
-    y: Tensor,
-    lr: float,
-    state: InnerOptimizerState,
-    optimizer: InnerOptimizer = "sgd",
-    betas: tuple[float, float] = (0.0, 0.999),
-    eps: float = 1e-8,
-    loss_scale: float = 1.0,
-) -> tuple[Params, Tensor]:
-    """One full-batch SGD or Adam step on ``(x, y)`` without a graph: ``(phi', loss at phi)``, detached."""
-    leaves = {**phi, **{n: phi[n].detach().requires_grad_() for n in names}}
-    with torch.enable_grad():
-        loss, _ = task_loss(leaves, x, y)
-        grads = dict(zip(names, scaled_grad(loss, [leaves[n] for n in names], loss_scale)))
-    state.step += 1
-    new = {n: p.detach() for n, p in phi.items()}
-    for n in names:
-        if optimizer == "sgd":
-            new[n] = new[n] - lr * grads[n]
-            continue
-        m = state.m[n] = betas[0] * state.m.get(n, 0.0) + (1 - betas[0]) * grads[n]
-        v = state.v[n] = betas[1] * state.v.get(n, 0.0) + (1 - betas[1]) * grads[n] ** 2
-        m_hat, v_hat = m / (1 - betas[0] ** state.step), v / (1 - betas[1] ** state.step)
-        new[n] = new[n] - lr * m_hat / (v_hat.sqrt() + eps)
-    return new, loss.detach()
+InnerOptimizerKind = Literal["sgd", "adam"]
 
 
 def inner_train(
@@ -74,7 +28,7 @@ def inner_train(
     y: Tensor,
     steps: int,
     lr: float,
-    optimizer: InnerOptimizer = "sgd",
+    optimizer: InnerOptimizerKind = "sgd",
     betas: tuple[float, float] = (0.0, 0.999),
     eps: float = 1e-8,
     loss_scale: float = 1.0,
@@ -90,11 +44,7 @@ def inner_train(
         >>> phi["weight"].item()  # w <- w - 0.5 w, twice
         0.25
     """
-    phi, state, losses = {n: p.detach() for n, p in theta.items()}, InnerOptimizerState(), []
-    for _ in range(steps):
-        phi, loss = inner_update(task_loss, phi, names, x, y, lr, state, optimizer, betas, eps, loss_scale)
-        losses.append(loss)
-    return phi, torch.stack(losses) if losses else x.new_zeros(0)
+    return unroll(InnerAdam(names, lr, optimizer, betas, eps, loss_scale), task_loss, theta, x, y, steps).final()
 
 
 def inner_train_trajectory(
@@ -105,17 +55,13 @@ def inner_train_trajectory(
     y: Tensor,
     steps: int,
     lr: float,
-    optimizer: InnerOptimizer = "sgd",
+    optimizer: InnerOptimizerKind = "sgd",
     betas: tuple[float, float] = (0.0, 0.999),
     eps: float = 1e-8,
     loss_scale: float = 1.0,
 ) -> Iterator[tuple[int, Params]]:
     """``(k, phi_k)`` for ``k = 0..steps`` of [inner_train][lightning_meta.functional.inner_train]: evaluation."""
-    phi, state = {n: p.detach() for n, p in theta.items()}, InnerOptimizerState()
-    for k in range(steps + 1):
-        yield k, phi
-        if k < steps:
-            phi, _ = inner_update(task_loss, phi, names, x, y, lr, state, optimizer, betas, eps, loss_scale)
+    return iter(unroll(InnerAdam(names, lr, optimizer, betas, eps, loss_scale), task_loss, theta, x, y, steps))
 
 
 def reptile_gradient(theta: Params, adapted: Sequence[Params]) -> Params:
@@ -126,3 +72,39 @@ def reptile_gradient(theta: Params, adapted: Sequence[Params]) -> Params:
         {'w': tensor(0.7500)}
     """
     return {n: p.detach() - torch.stack([phi[n] for phi in adapted]).mean(0) for n, p in theta.items()}
+
+
+def reptile_objective(
+    task_loss: TaskLoss,
+    theta: Params,
+    batch: TaskBatch,
+    optimizer: InnerOptimizer,
+    steps: int,
+    *,
+    inner_data: Literal["all", "support"] = "all",
+) -> MetaObjective:
+    """Reptile's meta-batch objective: each task trains a copy of ``theta`` for ``steps`` of ``optimizer`` (an inner
+    optimizer without a graph, e.g. [InnerAdam][lightning_meta.functional.InnerAdam]) on its support set (and its
+    queries, ``inner_data="all"``: the paper's); ``loss.backward()`` puts ``theta - mean_tasks(phi_K)`` into
+    ``.grad`` and ``loss``'s value is the mean query loss after adaptation.
+
+    Examples:
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.models import MLP
+        >>> model = MLP()
+        >>> batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(2)])
+        >>> theta = dict(model.named_parameters())
+        >>> objective = reptile_objective(TaskLoss(model, torch.nn.functional.mse_loss), theta, batch,
+        ...                               InnerAdam(list(theta), lr=0.01, kind="sgd"), steps=5)
+        >>> objective.loss.backward()  # .grad = theta - mean(phi_5)
+    """
+    tasks = []
+    for t in range(batch.num_tasks):
+        x, y = batch.support_x[t], batch.support_y[t]
+        if inner_data == "all":
+            x, y = torch.cat([x, batch.query_x[t]]), torch.cat([y, batch.query_y[t]])
+        phi, losses = unroll(optimizer, task_loss, theta, x, y, steps).final()
+        with torch.no_grad():
+            q_loss, q_out = task_loss(phi, batch.query_x[t], batch.query_y[t])
+        tasks.append(TaskGradient({n: p.detach() - phi[n] for n, p in theta.items()}, q_loss, q_out, losses))
+    return gradient_objective(theta, tasks)

@@ -12,15 +12,15 @@ whatever the mode:
   ([meta_gradient_hvp][lightning_meta.functional.meta_gradient_hvp]), one inner step in memory at a time; ``loss`` is
   then a surrogate whose gradient is that meta-gradient and whose value is the mean query loss.
 
-[query_trajectory][lightning_meta.functional.query_trajectory] is the evaluation counterpart: query losses and
-outputs after each inner step. It runs without any Lightning object, so the same functions drive a
+[query_trajectory][lightning_meta.functional.query_trajectory] (``evaluation.py``) is the evaluation counterpart,
+shared by every learner with an inner loop. It runs without any Lightning object, so the same functions drive a
 LightningModule, a Fabric loop or plain PyTorch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -28,50 +28,15 @@ from torch.func import vmap
 
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.functional.hvp import HvpMethod, meta_gradient_hvp
-from lightning_meta.functional.inner_loop import (
-    Params,
-    TaskLoss,
-    adapt,
-    adaptation_trajectory,
-    inner_step,
-    lr_rows,
-    step_row,
-)
+from lightning_meta.functional.inner_loop import TaskLoss, inner_step, lr_rows, step_row
+from lightning_meta.functional.inner_optim import adapt
+from lightning_meta.functional.meta_batch import MetaObjective, TaskGradient, gradient_objective
+from lightning_meta.functional.params import Params
 
 MetaGradient = Literal["second_order", "first_order", "hvp"]
-#: ``(support_x, support_y, steps) -> iterator of (k, phi_k)``, ``k = 0..steps``: one task's evaluation adaptation
-Adaptation = Callable[[Tensor, Tensor, int], Iterator[tuple[int, Params]]]
+#: the key under which a learned ``inner_lrs`` gets its HVP meta-gradient in ``gradient_objective``
+INNER_LRS = "inner_lrs"
 META_GRADIENTS: tuple[str, ...] = ("second_order", "first_order", "hvp")
-
-
-class MetaObjective(NamedTuple):
-    """What [meta_objective][lightning_meta.functional.meta_objective] returns for a meta-batch of ``T`` tasks.
-
-    ``loss``: scalar whose ``.backward()`` gives the meta-gradient (mean over tasks); ``query_losses``
-    ``[T]``, ``query_outputs`` ``[T, M, ...]`` and ``inner_losses`` ``[T, steps]`` (support loss before each
-    inner step) are detached, for metrics and checks.
-
-    Examples:
-        >>> from lightning_meta import SinusoidTasks
-        >>> from lightning_meta.models import MLP
-        >>> model = MLP()
-        >>> batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(3)])
-        >>> result = meta_objective(TaskLoss(model, torch.nn.functional.mse_loss), dict(model.named_parameters()),
-        ...                         batch, inner_lrs=0.01, steps=2)
-        >>> result.loss.requires_grad, result.query_losses.requires_grad, tuple(result.inner_losses.shape)
-        (True, False, (3, 2))
-    """
-
-    loss: Tensor
-    query_losses: Tensor
-    query_outputs: Tensor
-    inner_losses: Tensor
-
-    @classmethod
-    def without_inner_loop(cls, losses: Tensor, outputs: Tensor) -> MetaObjective:
-        """The objective of a learner without an inner loop (ProtoNet, black-box): ``losses [T]`` with their
-        graph, ``outputs [T, M, ...]``; ``loss`` is their mean and ``inner_losses`` is ``[T, 0]``."""
-        return cls(losses.mean(), losses.detach(), outputs.detach(), losses.new_zeros(len(losses), 0))
 
 
 def task_objective(
@@ -199,68 +164,12 @@ def meta_objective(
 
 def _hvp_objective(task_loss: TaskLoss, params: Params, names: list[str], lrs: Tensor, batch: TaskBatch,
                    steps: int, method: HvpMethod, loss_scale: float) -> MetaObjective:
-    """Per-task exact meta-gradients by the HVP recurrence, as a surrogate loss over ``params`` and ``lrs``."""
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
-    lr_total = torch.zeros_like(lrs)
-    q_losses, q_outs, inner = [], [], []
+    """Per-task exact meta-gradients by the HVP recurrence, averaged as a surrogate loss over ``params`` (and a
+    learned ``lrs``)."""
+    tasks = []
     for t in range(batch.num_tasks):
-        g, lr_g, q_loss, q_out, inner_t = meta_gradient_hvp(
+        g, lr_g, q_loss, q_out, inner = meta_gradient_hvp(
             task_loss, params, names, lrs, (batch.support_x[t], batch.support_y[t]),
             (batch.query_x[t], batch.query_y[t]), steps, method, loss_scale)
-        for n in total:
-            total[n] += g[n]
-        lr_total += lr_g
-        q_losses.append(q_loss), q_outs.append(q_out), inner.append(torch.stack(inner_t))
-    count = batch.num_tasks
-    surrogate = sum((p * (total[n] / count)).sum() for n, p in params.items())
-    if lrs.requires_grad:
-        surrogate = surrogate + (lrs * (lr_total / count)).sum()
-    q_losses_t = torch.stack(q_losses)
-    return MetaObjective(surrogate - surrogate.detach() + q_losses_t.mean(), q_losses_t, torch.stack(q_outs),
-                         torch.stack(inner))
-
-
-def query_trajectory(
-    task_loss: TaskLoss,
-    params: Params,
-    batch: TaskBatch,
-    inner_lrs: Tensor | float,
-    steps: int,
-    *,
-    adapted: Sequence[str] | None = None,
-    at: Iterable[int] | None = None,
-    loss_scale: float = 1.0,
-    adaptation: Adaptation | None = None,
-) -> dict[int, tuple[Tensor, Tensor]]:
-    """Evaluation: ``{k: (query losses [T], query outputs [T, M, ...])}`` after ``k`` inner steps, for ``k`` in
-    ``at`` (default ``0..steps``), adapting each task without an outer graph (all results detached).
-
-    ``adaptation(x, y, steps)`` yields ``(k, phi_k)`` for one task's support set; the default is MAML's SGD
-    ([adaptation_trajectory][lightning_meta.functional.adaptation_trajectory] at ``inner_lrs``); Reptile and
-    iMAML pass their inner optimizers.
-
-    Examples:
-        >>> from lightning_meta import SinusoidTasks
-        >>> from lightning_meta.models import MLP
-        >>> model = MLP()
-        >>> batch = SinusoidTasks().sample("test", [torch.Generator().manual_seed(i) for i in range(3)])
-        >>> curve = query_trajectory(TaskLoss(model, torch.nn.functional.mse_loss),
-        ...                          dict(model.named_parameters()), batch, inner_lrs=0.01, steps=10, at=(0, 10))
-        >>> sorted(curve), curve[10][0].shape
-        ([0, 10], torch.Size([3]))
-    """
-    names = list(params) if adapted is None else list(adapted)
-    lrs = lr_rows(inner_lrs, names, next(iter(params.values()))).detach()
-    wanted = set(range(steps + 1) if at is None else at)
-    points: dict[int, list[tuple[Tensor, Tensor]]] = {k: [] for k in sorted(wanted)}
-    if adaptation is None:
-        def adaptation(x: Tensor, y: Tensor, steps: int) -> Iterator[tuple[int, Params]]:
-            return adaptation_trajectory(task_loss, params, names, x, y, lrs, steps, loss_scale=loss_scale)
-    for t in range(batch.num_tasks):
-        trajectory = adaptation(batch.support_x[t], batch.support_y[t], max(wanted))
-        for k, phi in trajectory:
-            if k in wanted:
-                with torch.no_grad():
-                    loss, out = task_loss.at_step(k)(phi, batch.query_x[t], batch.query_y[t])
-                points[k].append((loss.detach(), out.detach()))
-    return {k: (torch.stack([p[0] for p in v]), torch.stack([p[1] for p in v])) for k, v in points.items()}
+        tasks.append(TaskGradient({**g, INNER_LRS: lr_g}, q_loss, q_out, torch.stack(inner)))
+    return gradient_objective({**params, INNER_LRS: lrs} if lrs.requires_grad else params, tasks)

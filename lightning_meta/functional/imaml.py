@@ -15,47 +15,29 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.functional.hvp import HvpMethod, hvp
-from lightning_meta.functional.inner_loop import Params, TaskLoss, scaled_grad
-
-Vector = dict[str, Tensor]
-
-
-def proximal_step(task_loss: TaskLoss, phi: Params, theta: Params, names: Sequence[str], x: Tensor, y: Tensor,
-                  lam: float, lr: float, loss_scale: float = 1.0) -> tuple[Params, Tensor]:
-    """One gradient step on ``L(phi) + lam/2 ||phi - theta||^2``, without a graph: ``(phi', L(phi))``."""
-    leaves = {**phi, **{n: phi[n].detach().requires_grad_() for n in names}}
-    with torch.enable_grad():
-        loss, _ = task_loss(leaves, x, y)
-        grads = scaled_grad(loss, [leaves[n] for n in names], loss_scale)
-    new = {n: p.detach() for n, p in phi.items()}
-    for n, g in zip(names, grads):
-        new[n] = new[n] - lr * (g + lam * (new[n] - theta[n].detach()))
-    return new, loss.detach()
+from lightning_meta.functional.inner_loop import TaskLoss, scaled_grad
+from lightning_meta.functional.inner_optim import ProximalDescent, unroll
+from lightning_meta.functional.meta_batch import MetaObjective, TaskGradient, gradient_objective
+from lightning_meta.functional.params import Params
 
 
 def proximal_adapt(task_loss: TaskLoss, theta: Params, names: Sequence[str], x: Tensor, y: Tensor, lam: float,
                    lr: float, steps: int, loss_scale: float = 1.0) -> tuple[Params, Tensor]:
     """``steps`` of gradient descent on ``L(phi) + lam/2 ||phi - theta||^2`` from ``phi = theta``, without any
-    graph to ``theta``: ``(phi, support losses [steps])``, detached."""
-    phi, losses = {n: p.detach() for n, p in theta.items()}, []
-    for _ in range(steps):
-        phi, loss = proximal_step(task_loss, phi, theta, names, x, y, lam, lr, loss_scale)
-        losses.append(loss)
-    return phi, torch.stack(losses) if losses else x.new_zeros(0)
+    graph to ``theta``: ``(phi, support losses [steps])``, detached
+    ([ProximalDescent][lightning_meta.functional.ProximalDescent], unrolled)."""
+    return unroll(ProximalDescent(names, lam, lr, loss_scale), task_loss, theta, x, y, steps).final()
 
 
 def proximal_trajectory(task_loss: TaskLoss, theta: Params, names: Sequence[str], x: Tensor, y: Tensor, lam: float,
                         lr: float, steps: int, loss_scale: float = 1.0) -> Iterator[tuple[int, Params]]:
     """``(k, phi_k)`` for ``k = 0..steps`` of [proximal_adapt][lightning_meta.functional.proximal_adapt]."""
-    phi = {n: p.detach() for n, p in theta.items()}
-    for k in range(steps + 1):
-        yield k, phi
-        if k < steps:
-            phi, _ = proximal_step(task_loss, phi, theta, names, x, y, lam, lr, loss_scale)
+    return iter(unroll(ProximalDescent(names, lam, lr, loss_scale), task_loss, theta, x, y, steps))
 
 
-def conjugate_gradient(apply: Callable[[Vector], Vector], b: Vector, steps: int) -> Vector:
+def conjugate_gradient(apply: Callable[[Params], Params], b: Params, steps: int) -> Params:
     """Approximately solve ``A x = b`` for a symmetric positive-definite ``A`` given as ``apply(x) = A x``,
     by ``steps`` iterations of conjugate gradient from ``x = 0`` (exact after ``dim`` steps, in exact arithmetic).
 
@@ -82,7 +64,7 @@ def conjugate_gradient(apply: Callable[[Vector], Vector], b: Vector, steps: int)
     return x
 
 
-def _dot(a: Vector, b: Vector) -> Tensor:
+def _dot(a: Params, b: Params) -> Tensor:
     return sum((a[n] * b[n]).sum() for n in a)
 
 
@@ -99,7 +81,7 @@ def implicit_meta_gradient(
     cg_steps: int,
     hvp_method: HvpMethod = "autograd",
     loss_scale: float = 1.0,
-) -> tuple[Vector, Tensor, Tensor, Tensor]:
+) -> tuple[Params, Tensor, Tensor, Tensor]:
     """One task's implicit meta-gradient: ``(grads by name, query loss, query output, support losses)``, detached.
 
     Examples:
@@ -118,7 +100,7 @@ def implicit_meta_gradient(
         q_loss, q_out = task_loss(final, *query)
         q_grads = dict(zip(final, scaled_grad(q_loss, list(final.values()), loss_scale)))
 
-        def system(v: Vector) -> Vector:  # (I + H / lam) v on the adapted tensors
+        def system(v: Params) -> Params:  # (I + H / lam) v on the adapted tensors
             hv = hvp(task_loss, phi, v, xs, ys, hvp_method, loss_scale)
             return {n: v[n] + hv[n] / lam for n in v}
 
@@ -127,3 +109,39 @@ def implicit_meta_gradient(
         mixed = hvp(task_loss, phi, v, xs, ys, hvp_method, loss_scale) if others else {}
     grads = {n: v[n] if n in v else q_grads[n].detach() - mixed[n] / lam for n in phi}
     return grads, q_loss.detach(), q_out.detach(), inner
+
+
+def imaml_objective(
+    task_loss: TaskLoss,
+    theta: Params,
+    batch: TaskBatch,
+    names: Sequence[str],
+    *,
+    lam: float,
+    lr: float,
+    steps: int,
+    cg_steps: int,
+    hvp_method: HvpMethod = "autograd",
+    loss_scale: float = 1.0,
+) -> MetaObjective:
+    """iMAML's meta-batch objective: ``loss.backward()`` puts the mean over tasks of
+    [implicit_meta_gradient][lightning_meta.functional.implicit_meta_gradient] into ``theta``'s ``.grad``; ``loss``'s
+    value is the mean query loss at ``phi*``.
+
+    Examples:
+        >>> from lightning_meta import SinusoidTasks
+        >>> from lightning_meta.models import MLP
+        >>> model = MLP()
+        >>> batch = SinusoidTasks().sample("train", [torch.Generator().manual_seed(i) for i in range(2)])
+        >>> theta = dict(model.named_parameters())
+        >>> objective = imaml_objective(TaskLoss(model, torch.nn.functional.mse_loss), theta, batch, list(theta),
+        ...                             lam=1.0, lr=0.01, steps=3, cg_steps=2)
+        >>> objective.loss.backward()
+        >>> tuple(objective.inner_losses.shape)
+        (2, 3)
+    """
+    tasks = [TaskGradient(*implicit_meta_gradient(
+        task_loss, theta, names, (batch.support_x[t], batch.support_y[t]), (batch.query_x[t], batch.query_y[t]),
+        lam=lam, lr=lr, steps=steps, cg_steps=cg_steps, hvp_method=hvp_method, loss_scale=loss_scale))
+        for t in range(batch.num_tasks)]
+    return gradient_objective(theta, tasks)

@@ -43,6 +43,7 @@ EXPECTED = {
     ("docs/howto/datasets.md", 0): "torch.Size([16, 25, 1, 28, 28]) torch.Size([16, 75])",
     ("docs/howto/datasets.md", 1): "torch.Size([4, 5, 8])",
     ("docs/datasets.md", 0): "torch.Size([4, 5, 3, 84, 84])",
+    ("docs/learners.md", 0): "test/acc",
 }
 #: snippets that are one node of a multi-node job: launched as two nodes on the loopback interface
 TWO_NODES = {("docs/howto/multinode.md", 0)}

@@ -29,11 +29,14 @@ FP16_INNER_LOSS_SCALE = 2.0**10
 class InnerLoopLearner(MetaLearner):
     """Base of the optimization-based learners ([MAML][lightning_meta.MAML], [Reptile][lightning_meta.Reptile],
     [IMAML][lightning_meta.IMAML]): a subclass defines ``objective(batch)``, the training objective whose
-    ``loss.backward()`` is its meta-gradient; everything else (checks, logging, evaluation) is here.
+    ``loss.backward()`` is its meta-gradient, and may name its inner optimizer (``make_inner_optimizer()``, default
+    SGD at the inner learning rates); [MetaLearner][lightning_meta.MetaLearner] owns the steps, and this class the
+    model, the adapted tensors and ``evaluate`` (the inner optimizer unrolled on each support set).
 
-    Evaluation (validation, test, predict) adapts each task with ``eval_inner_steps`` of gradient descent on its
-    support set at ``inner_lr`` and scores the queries, also before adaptation (``pre_``) and, with
-    ``adaptation_curve``, after every step.
+    Evaluation (validation, test, predict) adapts each task with ``eval_inner_steps`` of the inner optimizer on its
+    support set and scores the queries, also before adaptation (``pre_``) and, with ``adaptation_curve``, after
+    every step. ``task_type``, ``optimizer``, ``lr_scheduler`` and ``lr_scheduler_interval`` are every learner's
+    options: see [MetaLearner][lightning_meta.MetaLearner].
 
     Args:
         model: the learner ``f_theta``; its output is the logits (``ways`` wide) or the regression target.
@@ -47,7 +50,7 @@ class InnerLoopLearner(MetaLearner):
             paper's setting; each BatchNorm becomes a
             [TransductiveBatchNorm][lightning_meta.models.TransductiveBatchNorm]) or ``"none"`` (the model must
             have no BatchNorm).
-        nonfinite: ``"raise"`` stops naming the step and task of a non-finite loss; ``"skip"`` skips the
+        nonfinite: ``"raise"`` stops naming the inner step and task of a non-finite loss; ``"skip"`` skips the
             meta-batch (under DDP every rank skips or raises together).
         inner_loss_scale: multiplies the inner loss before differentiation and divides the gradient back;
             ``None`` means 1, or ``2**10`` under 16-bit precision, where inner gradients underflow in float16.
@@ -55,11 +58,6 @@ class InnerLoopLearner(MetaLearner):
         pre_adaptation_metrics: also log the query metrics before adaptation (``val/pre_loss``, ...).
         adaptation_curve: record the query loss and score after each of ``0..eval_inner_steps`` inner steps
             (``adaptation_curves``; the W&B callback plots it).
-        task_type: ``"auto"`` (float targets regress, integer labels classify), or either explicitly.
-        optimizer: the outer-loop optimizer, a callable ``params -> Optimizer`` (default Adam, lr 1e-3); see
-            [MetaLearner][lightning_meta.MetaLearner].
-        lr_scheduler: an optional callable ``optimizer -> LR scheduler``.
-        lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
 
     Examples:
         A first-order learner in a few lines: adapt each task by SGD, take the query gradient at ``phi_K``.

@@ -33,6 +33,11 @@ class MAML(InnerLoopLearner):
     [query_trajectory][lightning_meta.functional.query_trajectory] (evaluation); this class configures and logs
     them.
 
+    ``adapt``, ``nonfinite``, ``inner_loss_scale``, ``channels_last``, ``pre_adaptation_metrics`` and
+    ``adaptation_curve`` are the options of every learner with an inner loop
+    ([InnerLoopLearner][lightning_meta.InnerLoopLearner]); ``task_type``, ``optimizer``, ``lr_scheduler`` and
+    ``lr_scheduler_interval`` those of every learner ([MetaLearner][lightning_meta.MetaLearner]).
+
     Args:
         model: the learner ``f_theta``; its output is the logits (``ways`` wide) or the regression target.
         inner_lr: the inner-loop learning rate ``alpha`` (the initial value when learned).
@@ -51,32 +56,14 @@ class MAML(InnerLoopLearner):
         multi_step_loss_epochs: the epochs over which MSL anneals (the paper: 10 to 15).
         first_order_epochs: MAML++'s derivative-order annealing: ``"first_order"`` for the first
             ``first_order_epochs`` epochs, then ``meta_gradient`` (0: from the start).
-        adapt: what the inner loop adapts: ``"all"``, ``"head"`` (ANIL: the last child module) or
-            ``fnmatch`` patterns over parameter names; of these, the tensors that require grad at each step
-            (``adapted``: a frozen tensor is neither adapted nor updated).
-        batch_norm: ``"transductive"`` (batch statistics in every forward, no running statistics: the MAML
-            paper's setting; each BatchNorm becomes a
-            [TransductiveBatchNorm][lightning_meta.models.TransductiveBatchNorm]), ``"none"`` (the model must have
-            no BatchNorm) or ``"per_step"`` (MAML++'s BNRS + BNWB: each BatchNorm becomes a
+        batch_norm: as for [InnerLoopLearner][lightning_meta.InnerLoopLearner] (``"transductive"``, ``"none"``),
+            or ``"per_step"`` (MAML++'s BNRS + BNWB: each BatchNorm becomes a
             [PerStepBatchNorm][lightning_meta.models.PerStepBatchNorm] with its own weights, biases and running
-            statistics for every inner iterate ``phi_0..phi_K``, normalizing with
-            batch statistics like ``"transductive"``; steps beyond ``inner_steps`` use the last slot; not with
-            ``"hvp"`` or ``vectorize``).
+            statistics for every inner iterate ``phi_0..phi_K``, normalizing with batch statistics like
+            ``"transductive"``; steps beyond ``inner_steps`` use the last slot; not with ``"hvp"`` or
+            ``vectorize``).
         vectorize: run the tasks of a meta-batch in one ``torch.func.vmap`` call (same numbers; not with
             ``"hvp"``; measure before choosing: see docs/benchmarks.md).
-        nonfinite: ``"raise"`` stops naming the step and task of a non-finite loss; ``"skip"`` skips the
-            meta-batch (under DDP every rank skips or raises together).
-        inner_loss_scale: multiplies the inner loss before differentiation and divides the gradient back;
-            ``None`` means 1, or ``2**10`` under 16-bit precision, where inner gradients underflow in float16.
-        channels_last: image inputs and conv weights in channels-last memory order.
-        pre_adaptation_metrics: also log the query metrics before adaptation (``val/pre_loss``, ...).
-        adaptation_curve: record the query loss and score after each of ``0..eval_inner_steps`` inner steps
-            (``adaptation_curves``; the W&B callback plots it).
-        task_type: ``"auto"`` (float targets regress, integer labels classify), or either explicitly.
-        optimizer: the outer-loop optimizer, a callable ``params -> Optimizer`` (default Adam, lr 1e-3); see
-            [MetaLearner][lightning_meta.MetaLearner].
-        lr_scheduler: an optional callable ``optimizer -> LR scheduler``.
-        lr_scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
 
     Examples:
         >>> import pytorch_lightning as pl

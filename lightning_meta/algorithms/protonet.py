@@ -27,14 +27,15 @@ class ProtoNet(MetaLearner):
     ``train_ways`` on the task source). The math is
     [prototypical_logits][lightning_meta.functional.prototypical_logits].
 
+    ``nonfinite``, ``optimizer``, ``lr_scheduler`` and ``lr_scheduler_interval`` are every learner's options
+    ([MetaLearner][lightning_meta.MetaLearner]); the paper halves the lr every 2000 episodes:
+    ``lr_scheduler=partial(StepLR, step_size=2000, gamma=0.5)`` with ``lr_scheduler_interval="step"``.
+
     Args:
         encoder: the embedding network ``f``, e.g. ``Conv4(embed_only=True)``; its output is flattened to
             ``[examples, D]``.
         channels_last: image inputs and conv weights in channels-last memory order.
         task_type: ``"auto"`` or ``"classification"`` (``"regression"`` is refused).
-        nonfinite, optimizer, lr_scheduler, lr_scheduler_interval: as for every
-            [MetaLearner][lightning_meta.MetaLearner] (the paper halves the lr every 2000 episodes:
-            ``StepLR(step_size=2000, gamma=0.5)`` with ``lr_scheduler_interval="step"``).
 
     Examples:
         >>> import torch

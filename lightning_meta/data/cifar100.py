@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_meta.data.image_tasks import ImageTasks, Item, array_rows, get_key, load_pickle, text
+from lightning_meta.data.image_tasks import ImageTasks
+from lightning_meta.data.readers import Item, array_rows, get_key, load_pickle, text
 
 ARCHIVE, FOLDER, MEMBERS = "cifar-100-python.tar.gz", "cifar-100-python", ("train", "test", "meta")
 EXPECTED_LAYOUT = (

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning_meta.data.image_cache import image_files
-from lightning_meta.data.image_tasks import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from lightning_meta.data.image_tasks import IMAGENET_MEAN, IMAGENET_STD, ImageTasks
+from lightning_meta.data.readers import (
     WNID,
-    ImageTasks,
     Item,
     array_rows,
     folder_items,

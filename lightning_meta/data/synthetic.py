@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_meta.data.image_tasks import shipped_lines
+from lightning_meta.data.readers import shipped_lines
 from lightning_meta.data.sources import SPLITS
 
 #: CIFAR-100's super-classes and their classes (the archive's ``meta`` lists both alphabetically)

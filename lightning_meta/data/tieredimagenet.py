@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_meta.data.image_tasks import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageTasks,
+from lightning_meta.data.image_tasks import IMAGENET_MEAN, IMAGENET_STD, ImageTasks
+from lightning_meta.data.readers import (
     Item,
     array_rows,
     folder_items,

@@ -32,13 +32,21 @@ class EpisodicDataModule(pl.LightningDataModule):
       alone, identical for any ``num_workers`` and any DDP world size (ranks evaluate disjoint shards
       whose union is the set), in meta-batches of ``eval_meta_batch_size`` (default ``meta_batch_size``).
     * ``state_dict`` records the epoch and the batches done in it, so a resumed run continues the stream.
-    * Workers (``num_workers > 0``) start by ``worker_start_method``. ``"auto"`` (the default) is ``fork`` where the
-      platform has it, as a plain PyTorch ``DataLoader`` on Linux, so scripts without an
-      ``if __name__ == "__main__":`` guard, ``python -`` and notebooks work; in a DDP rank on a CPython that still
-      has python/cpython#112275 (before 3.11.10, and 3.12.0) it is ``forkserver``, because a ``fork`` there can
-      deadlock a worker at birth. ``forkserver`` and ``spawn`` workers re-import the main script: where that
-      cannot work (no guard; classes defined in ``python -c``; a task source that does not pickle) ``setup`` raises
-      a ``RuntimeError`` saying so, before any worker starts (docs/howto/workers.md).
+    * Workers (``num_workers > 0``) start by ``worker_start_method``; ``"auto"`` picks ``fork`` where it is safe, so
+      scripts without an ``if __name__ == "__main__":`` guard work, and ``setup`` raises a ``RuntimeError`` before any
+      worker starts where a guard is needed but missing (the rule and its reasons: docs/howto/workers.md).
+
+    Args:
+        tasks: the [TaskSource][lightning_meta.TaskSource] episodes are drawn from.
+        meta_batch_size: tasks per training meta-batch (per DDP rank).
+        train_episodes_per_epoch: training tasks per epoch, over all ranks.
+        val_episodes: the fixed validation tasks.
+        test_episodes: the fixed test tasks.
+        eval_meta_batch_size: tasks per validation/test meta-batch (default ``meta_batch_size``).
+        num_workers: DataLoader worker processes.
+        pin_memory: the DataLoaders' ``pin_memory``.
+        seed: decides every episode (any int).
+        worker_start_method: ``"auto"``, ``"fork"``, ``"forkserver"`` or ``"spawn"`` (``None``: ``"auto"``).
 
     Examples:
         >>> from lightning_meta.data import SinusoidTasks

@@ -61,12 +61,12 @@ def _grad_all(task_loss: TaskLoss, point: Params, x: Tensor, y: Tensor, scale: f
 def hvp(
     task_loss: TaskLoss,
     point: Params,
-    direction: dict[str, Tensor],
+    direction: Params,
     x: Tensor,
     y: Tensor,
     method: HvpMethod = "autograd",
     loss_scale: float = 1.0,
-) -> dict[str, Tensor]:
+) -> Params:
     """``H w`` for every tensor of ``point``, where ``w`` = ``direction`` on its names and 0 elsewhere.
 
     Examples:
@@ -94,7 +94,7 @@ def hvp(
     raise ValueError(f"hvp_method must be 'autograd' or 'finite_difference', got {method!r}")
 
 
-def finite_difference_step(point: Params, direction: dict[str, Tensor]) -> float:
+def finite_difference_step(point: Params, direction: Params) -> float:
     """``cbrt(machine_eps) * max(1, rms(phi)) / ||w||`` in the dtype of the parameters."""
     dtype = next(iter(direction.values())).dtype
     w_norm = torch.sqrt(sum((d.double() ** 2).sum() for d in direction.values()))
@@ -113,7 +113,7 @@ def meta_gradient_hvp(
     steps: int,
     method: HvpMethod = "autograd",
     loss_scale: float = 1.0,
-) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, list[Tensor]]:
+) -> tuple[Params, Tensor, Tensor, Tensor, list[Tensor]]:
     """Exact d(query loss of phi_K)/d(theta, lrs) by the reverse recurrence, one inner step in memory.
 
     Forward: ``phi_{k+1} = phi_k - a_k * g_k``, no graph kept except the last step's (``"autograd"``), which
@@ -162,7 +162,7 @@ def meta_gradient_hvp(
     return grad, lr_grad, q_loss.detach(), q_out.detach(), inner_losses
 
 
-def _hvp_from_graph(leaves: Params, grads: Sequence[Tensor], direction: dict[str, Tensor]) -> dict[str, Tensor]:
+def _hvp_from_graph(leaves: Params, grads: Sequence[Tensor], direction: Params) -> Params:
     """``H w``: differentiate ``<grads, w>`` through a kept inner-step graph (``grads``: of ``direction``'s names)."""
     dot = sum((g * direction[n]).sum() for n, g in zip(direction, grads))
     out = torch.autograd.grad(dot, list(leaves.values()), allow_unused=True)

@@ -80,8 +80,8 @@ class AdamState:
     """Per-task state of [InnerAdam][lightning_meta.functional.InnerAdam]: the step count and Adam's moments."""
 
     step: int = 0
-    m: dict[str, Tensor] | None = None
-    v: dict[str, Tensor] | None = None
+    m: Params | None = None
+    v: Params | None = None
 
 
 @dataclass
@@ -194,7 +194,7 @@ def _leaves(params: Params, names: Sequence[str]) -> Params:
 
 
 def _grads(task_loss: TaskLoss, phi: Params, names: Sequence[str], x: Tensor, y: Tensor, loss_scale: float
-           ) -> tuple[dict[str, Tensor], Tensor]:
+           ) -> tuple[Params, Tensor]:
     """Gradients of the support loss with respect to ``names`` at ``phi``, without a graph, and the loss."""
     leaves = {**phi, **{n: phi[n].detach().requires_grad_() for n in names}}
     with torch.enable_grad():

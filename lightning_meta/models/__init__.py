@@ -1,9 +1,10 @@
-"""Standard backbones for few-shot learning."""
+"""Standard backbones for few-shot learning, and the black-box adaptation network."""
 
 from lightning_meta.models.backbones import MLP, Conv4
+from lightning_meta.models.blackbox import BlackBoxNetwork
 from lightning_meta.models.norm import BatchStatNorm, PerStepBatchNorm, TransductiveBatchNorm
 from lightning_meta.models.resnet import DropBlock, ResNet12
 from lightning_meta.models.snail import SNAIL
 
-__all__ = ["MLP", "BatchStatNorm", "Conv4", "DropBlock", "PerStepBatchNorm", "ResNet12", "SNAIL",
+__all__ = ["MLP", "BatchStatNorm", "BlackBoxNetwork", "Conv4", "DropBlock", "PerStepBatchNorm", "ResNet12", "SNAIL",
            "TransductiveBatchNorm"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks in one prepared run, for a session that is lent a GPU machine (its `device` tool):
-#   tests/test_cuda.py (16-mixed with GradScaler + the inner loss scale; NCCL DDP when 2 GPUs) and
+#   tests/integration/test_cuda.py (16-mixed with GradScaler + the inner loss scale; NCCL DDP when 2 GPUs) and
 #   benchmarks/maml.py on the GPU (loop vs vmap, memory per inner step; learn2learn rows if importable).
 #
 # Here, once:   mkdir -p .gpu && cp -r ../shared/data/omniglot .gpu/ && echo /.gpu/ >> .git/info/exclude
@@ -21,7 +21,7 @@ python="${PYTHON:-python3}"
 (nvidia-smi -L || echo "no nvidia-smi") 2>&1 | tee "$out/device.txt"
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     2>&1 | tee -a "$out/device.txt"
-timeout 240 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
+timeout 240 "$python" -m pytest -q -rs -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
 status=$?
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
 timeout 270 "$python" benchmarks/maml.py ${BENCH_ARGS:-} 2>&1 | tee "$out/maml_benchmark.log"

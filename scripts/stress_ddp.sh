@@ -3,9 +3,9 @@
 #
 #   bash scripts/stress_ddp.sh N [pytest args...]
 #
-# Each round is one `pytest tests/test_ddp.py` (MAML second-order/first-order/HVP and black-box under `ddp`,
+# Each round is one `pytest tests/integration/test_ddp.py` (MAML second-order/first-order/HVP and black-box under `ddp`,
 # fit then test; MAML under `ddp_spawn`, fit then test; the non-finite-loss agreement of MAML and black-box;
-# two nodes on loopback), plus tests/test_datamodule.py's two-rank shard test. Extra arguments go to pytest
+# two nodes on loopback), plus tests/data/test_datamodule.py's two-rank shard test. Extra arguments go to pytest
 # (e.g. `-k "ddp_spawn or two_nodes"`). Logs: $STRESS_LOGS (default /tmp/stress_ddp), one per round.
 # Prints per-test failure counts, how many ddp_spawn launches ended in the accepted upstream SIGABRT at exit
 # (after every rank wrote its results; see docs/howto/ddp.md), and a last line `failures: X of Y`.
@@ -18,7 +18,8 @@ logs="${STRESS_LOGS:-/tmp/stress_ddp}"
 mkdir -p "$logs"
 export WANDB_MODE=offline PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python="${PYTHON:-$(command -v python || command -v python3)}"  # the active venv's, or $PYTHON
-tests=(tests/test_ddp.py "tests/test_datamodule.py::test_ddp_shards_union_is_the_set_and_train_tasks_distinct")
+tests=(tests/integration/test_ddp.py
+       "tests/data/test_datamodule.py::test_ddp_shards_union_is_the_set_and_train_tasks_distinct")
 
 start=$(date +%s)
 for round in $(seq 1 "$rounds"); do

@@ -1,4 +1,9 @@
-"""Shared fixtures: the Omniglot root, an identifiable toy dataset, subprocess helpers."""
+"""Shared fixtures: the Omniglot root, an identifiable toy dataset, a tiny Trainer, subprocess helpers.
+
+The tests live in folders that mirror the package (``tests/algorithms``, ``tests/functional``, ``tests/data``,
+``tests/models``, plus ``tests/integration`` for whole programs and Lightning features); this file puts ``tests/``
+and ``tests/scripts`` on ``sys.path``, so that every test imports the helper modules kept here (``conftest``,
+``maml_oracles``, ``l2l``, ``recorder``, ``wandb_reader``) and the jobs of ``tests/scripts`` by name."""
 
 from __future__ import annotations
 
@@ -13,12 +18,20 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-REPO = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+for _path in (TESTS / "scripts", TESTS):  # where pytest has not put them already
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 OMNIGLOT_ENV = "LIGHTNING_META_OMNIGLOT"
 
 
@@ -33,6 +46,18 @@ def omniglot() -> Path:
     if not (root / "images_background.zip").exists() and not (root / "images_background").exists():
         pytest.skip(f"Omniglot not found at {root}; set {OMNIGLOT_ENV} to a local copy")
     return root
+
+
+def tiny_trainer(**overrides) -> pl.Trainer:
+    """The tests' ``pytorch_lightning.Trainer``: one CPU device, no logger, no checkpoints, no progress bar, no
+    model summary; every keyword overrides (or adds to) those. Everything else is Lightning's default, the sanity
+    check's two validation batches included (``num_sanity_val_steps=0`` skips it). Lightning is imported here, at
+    the first call, not when a test module that needs no Trainer imports this file."""
+    import pytorch_lightning as pl
+
+    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    return pl.Trainer(**{**options, **overrides})
 
 
 class ListDataset(torch.utils.data.Dataset):

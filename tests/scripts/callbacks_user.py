@@ -1,5 +1,5 @@
 """SWA, the LR finder and BackboneFinetuning from the ``lightning.pytorch`` namespace, each with its promise checked
-(tests/test_lightning_callbacks.py runs this with LIGHTNING_META_BACKEND=lightning).
+(tests/integration/test_lightning_callbacks.py runs this with LIGHTNING_META_BACKEND=lightning).
 
 usage: callbacks_user.py OUT_DIR
 """

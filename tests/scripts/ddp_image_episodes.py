@@ -3,7 +3,7 @@
 usage: ddp_image_episodes.py OUT ROOT CACHE NUM_WORKERS
 
 Each rank writes OUT/rank{r}.pt: ``{"val"|"test": {episode index: (support_x, support_y, query_x, query_y)}}`` plus
-its world size, rank and loaders' workers (tests/test_image_sources.py compares them with one process's episodes).
+its world size, rank and loaders' workers (tests/data/test_image_sources.py compares them with one process's episodes).
 The episode indices are those of the sampler of the loader Lightning actually iterated.
 """
 

@@ -1,4 +1,4 @@
-"""The jobs of the multi-process tests (tests/test_ddp.py) and their one-device oracles.
+"""The jobs of the multi-process tests (tests/integration/test_ddp.py) and their one-device oracles.
 
 Every multi-process script builds its job here, and the test builds the same job on one device with the
 doubled meta-batch: the DDP ranks together see exactly the tasks the one device sees (the training stream is

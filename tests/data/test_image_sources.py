@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import tarfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,7 +325,6 @@ def test_eval_episodes_identical_across_ddp_world_sizes(tmp_path):
     validates and tests over a synthetic miniImageNet: the ranks' shards are disjoint, their union is the whole
     fixed set (odd sizes, so the shards differ), and every episode is bitwise the one a single process (world
     size 1, no workers) draws."""
-    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
     from ddp_image_episodes import EVAL, datamodule, episodes
 
     root = synthetic.synthetic_miniimagenet(tmp_path / "mini", "pickle", images_per_class=PER_CLASS, image_size=32)

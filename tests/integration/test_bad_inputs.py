@@ -1,7 +1,7 @@
 """Every bad input we know of, with the error it gets: raised early, of the right type, naming the bad value.
 
-The table in ``docs/reliability.md`` is generated from ``CASES`` (``python tests/test_bad_inputs.py`` rewrites
-it) and a test keeps the two in step.
+The table in ``docs/reliability.md`` is generated from ``CASES`` (``python tests/integration/test_bad_inputs.py``
+rewrites it) and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import REPO, index_dataset, mixed_sizes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, for `python tests/integration/test_bad_inputs.py`
+from conftest import REPO, index_dataset, mixed_sizes, tiny_trainer  # noqa: E402
 
 from lightning_meta import (  # noqa: E402
     MAML,
@@ -49,8 +49,7 @@ class Case:
 
 
 def first_batch(model: pl.LightningModule, dm: EpisodicDataModule) -> None:
-    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = tiny_trainer(fast_dev_run=1, enable_checkpointing=True)
     trainer.fit(model, dm)
 
 
@@ -82,8 +81,7 @@ def garbage(root: Path) -> Path:
 
 
 def fit_from(path: Path) -> None:
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = tiny_trainer(max_steps=1)
     trainer.fit(MAML(MLP(), inner_lr=0.01), sinusoids(), ckpt_path=str(path))
 
 
@@ -236,7 +234,7 @@ def render(root: Path) -> str:
 def test_docs_table_is_in_step_with_the_cases(tmp_path):
     text = DOC.read_text()
     table = text[text.index(START) + len(START) : text.index(END)].strip()
-    assert table == render(tmp_path), "docs/reliability.md is stale: run `python tests/test_bad_inputs.py`"
+    assert table == render(tmp_path), "docs/reliability.md is stale: run `python tests/integration/test_bad_inputs.py`"
 
 
 # ------------------------------------------------------------------ the Omniglot cache is derived data

@@ -19,7 +19,7 @@ from functools import partial
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO, script_env
+from conftest import REPO, script_env, tiny_trainer
 from pytorch_lightning.callbacks import (
     BackboneFinetuning,
     BasePredictionWriter,
@@ -106,9 +106,7 @@ def data(learner: str, steps: int = 2, meta_batch: int = 2, tasks=None) -> Episo
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
-    return pl.Trainer(**{**options, **kwargs})
+    return tiny_trainer(**{"num_sanity_val_steps": 0, "default_root_dir": tmp_path, **kwargs})
 
 
 def fit(model, dm, tmp_path, **kwargs) -> pl.Trainer:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import tiny_trainer
 from l2l import learn2learn, needs_l2l
 from torch.utils.data import TensorDataset
 
@@ -58,8 +58,7 @@ def test_regression_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="ProtoNet classifies: regression tasks"):
         ProtoNet(torch.nn.Flatten(), task_type="regression")
     dm = EpisodicDataModule(SinusoidTasks(), meta_batch_size=2, val_episodes=0)
-    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = tiny_trainer(fast_dev_run=1, enable_checkpointing=True)
     with pytest.raises(ValueError, match="use MAML or BlackBoxAdaptation for regression"):
         trainer.fit(ProtoNet(torch.nn.Linear(1, 4)), dm)
 
@@ -103,8 +102,7 @@ def test_training_tasks_may_have_more_ways_than_evaluation_tasks():
     assert train.support_y.shape == (2, 10) and int(train.support_y.max()) == 9
     assert val.support_y.shape[1] == 3 and int(val.support_y.max()) == 2
     model = ProtoNet(Conv4(embed_only=True, hidden=8, image_size=16))
-    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
+    trainer = tiny_trainer(max_steps=4)
     trainer.fit(model, dm)
     result = trainer.test(model, dm, verbose=False)[0]
     assert set(result) == {"test/loss", "test/loss_ci95", "test/acc", "test/acc_ci95"}
@@ -122,7 +120,6 @@ def test_omniglot_60_way_training_5_way_test_well_above_chance(omniglot):
     dm = EpisodicDataModule(tasks, meta_batch_size=2, train_episodes_per_epoch=2 * 150, val_episodes=0,
                             test_episodes=100, eval_meta_batch_size=50)
     model = ProtoNet(Conv4(embed_only=True, hidden=32), optimizer=partial(torch.optim.Adam, lr=1e-3))
-    trainer = pl.Trainer(accelerator="cpu", max_steps=150, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
+    trainer = tiny_trainer(max_steps=150)
     trainer.fit(model, dm)
     assert trainer.test(model, dm, verbose=False)[0]["test/acc"] > 0.8  # chance is 0.2

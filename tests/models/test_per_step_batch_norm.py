@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import tiny_trainer
 from torch import nn
 
 from lightning_meta import MAML, EpisodicDataModule, OmniglotTasks, TaskBatch
@@ -116,7 +116,6 @@ def test_per_step_maml_trains_on_omniglot(omniglot):
     dm = EpisodicDataModule(tasks, meta_batch_size=4, train_episodes_per_epoch=4 * 40, val_episodes=0,
                             test_episodes=100, eval_meta_batch_size=50)
     maml = MAML(Conv4(out_features=5, hidden=16), inner_lr=0.4, inner_steps=2, batch_norm="per_step")
-    trainer = pl.Trainer(accelerator="cpu", max_steps=40, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
+    trainer = tiny_trainer(max_steps=40)
     trainer.fit(maml, dm)
     assert trainer.test(maml, dm, verbose=False)[0]["test/acc"] > 0.35  # chance is 0.2

@@ -6,9 +6,9 @@ import copy
 from functools import partial
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import tiny_trainer
 
 from lightning_meta import EpisodicDataModule, Reptile, SinusoidTasks, TaskBatch
 from lightning_meta.models import MLP
@@ -26,8 +26,7 @@ def first_train_batch(dm: EpisodicDataModule) -> TaskBatch:
 
 
 def fit_one_step(model: Reptile, dm: EpisodicDataModule, **kwargs) -> None:
-    pl.Trainer(accelerator="cpu", devices=1, max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
-               enable_model_summary=False, enable_checkpointing=False, **kwargs).fit(model, dm)
+    tiny_trainer(max_steps=1, limit_val_batches=0, **kwargs).fit(model, dm)
 
 
 def linear_gd_closed_form(w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int) -> torch.Tensor:
@@ -108,8 +107,7 @@ def test_reptile_learns_sinusoids_and_logs_like_maml():
                     optimizer=partial(torch.optim.SGD, lr=0.5))
     dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=5, train_episodes_per_epoch=5 * 300,
                             val_episodes=0, test_episodes=100, eval_meta_batch_size=50, seed=0)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=300, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
+    trainer = tiny_trainer(max_steps=300)
     trainer.fit(model, dm)
     result = trainer.test(model, dm, verbose=False)[0]
     assert {"test/mse", "test/pre_mse", "test/loss_ci95"} <= set(result)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_trainer
 
 from lightning_meta import MAML, EpisodicDataModule, OmniglotTasks
 from lightning_meta.models import Conv4
@@ -52,8 +52,7 @@ def test_fabric_loop_follows_the_lightning_module(omniglot, mode):
 
     recorder = LossRecorder()
     model = MAML(conv4(), inner_lr=0.4, meta_gradient=mode, channels_last=False)  # default Adam(lr=1e-3)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder])
+    trainer = tiny_trainer(max_steps=4, callbacks=[recorder])
     trainer.fit(model, datamodule(omniglot))
     assert len(fabric_losses) == 4
     torch.testing.assert_close(torch.tensor(fabric_losses), torch.tensor(recorder.losses), rtol=1e-5, atol=1e-6)

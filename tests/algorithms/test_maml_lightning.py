@@ -1,19 +1,16 @@
 import csv
-import sys
 from functools import partial
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from maml_job import PoisonedMAML, build, trainer
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from maml_job import PoisonedMAML, build, trainer  # noqa: E402
-
-from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks, TaskBatch  # noqa: E402
-from lightning_meta.models import MLP, Conv4  # noqa: E402
+from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks, TaskBatch
+from lightning_meta.models import MLP, Conv4
 
 
 def fit(meta_batch, steps, **kwargs):

@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import tiny_trainer
 from torch.func import functional_call, vmap
 from torch.utils.data import TensorDataset
 
@@ -366,8 +367,7 @@ def fit_two_steps(learner: pl.LightningModule) -> dict[str, torch.Tensor]:
     before = {n: p.detach().clone() for n, p in learner.named_parameters()}
     dm = EpisodicDataModule(random_image_tasks(), meta_batch_size=2, train_episodes_per_epoch=4, val_episodes=0,
                             test_episodes=0)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = tiny_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(learner, dm)
     assert trainer.global_step == 2
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_trainer
 
 from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks
 from lightning_meta.checkpoints import ReadableCheckpointIO, UnreadableCheckpointError, why_not_a_checkpoint
@@ -17,8 +18,7 @@ from lightning_meta.models import MLP
 
 
 def trainer(root: Path, steps: int) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+    return tiny_trainer(max_steps=steps, default_root_dir=str(root))
 
 
 def data() -> EpisodicDataModule:

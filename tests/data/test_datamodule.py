@@ -1,9 +1,8 @@
 import re
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from conftest import index_dataset, run_script
+from conftest import index_dataset, run_script, tiny_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from recorder import Recorder, task_ids
 
@@ -38,7 +37,7 @@ def test_eval_episodes_identical_across_workers(start_method):
 def test_workers_start_by_fork_in_one_process():
     """``worker_start_method="auto"`` (the default) is fork in a process that is not a distributed rank (as a plain
     PyTorch DataLoader on Linux), and the loader's workers really are started by it (the DDP rule:
-    tests/test_workers.py)."""
+    tests/integration/test_workers.py)."""
     dm = make_dm(num_workers=2)
     loader = dm.train_dataloader()
     assert dm.worker_start_method == "auto" and dm.start_method == "fork"
@@ -99,9 +98,10 @@ def test_ddp_shards_union_is_the_set_and_train_tasks_distinct(tmp_path):
 
 def fit(dm, max_steps, tmp_path, ckpt_path=None, callbacks=()):
     model = Recorder()
-    trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks),
-                         enable_checkpointing=bool(callbacks), enable_model_summary=False)
+    trainer = tiny_trainer(accelerator="auto", devices="auto",  # Lightning's defaults, as this test always had
+                           max_steps=max_steps, default_root_dir=tmp_path,
+                           num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks),
+                           enable_checkpointing=bool(callbacks))
     trainer.fit(model, dm, ckpt_path=ckpt_path)
     return model
 

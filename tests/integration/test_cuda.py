@@ -3,14 +3,9 @@
 They need a GPU; on a machine without one they skip, and the reason is printed in the test summary.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import run_script
-
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(),

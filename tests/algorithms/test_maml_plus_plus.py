@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import tiny_trainer
 from maml_oracles import first_order_gradient, meta_loss, second_order_gradient
 
 from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks, TaskBatch
@@ -108,8 +108,7 @@ def test_annealing_follows_the_trainers_epoch():
     model = Record(MLP(hidden=(8,)), inner_lr=0.01, first_order_epochs=1, multi_step_loss=True)
     dm = EpisodicDataModule(SinusoidTasks(shots=3, queries=3), meta_batch_size=2, train_episodes_per_epoch=4,
                             val_episodes=0, test_episodes=0)
-    pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-               enable_checkpointing=False).fit(model, dm)
+    tiny_trainer(max_epochs=2).fit(model, dm)
     assert seen == ["first_order", "first_order", "second_order", "second_order"]
 
 

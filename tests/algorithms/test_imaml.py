@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import tiny_trainer
 from torch.func import functional_call
 
 from lightning_meta import IMAML, EpisodicDataModule, SinusoidTasks, TaskBatch
@@ -144,8 +144,7 @@ def test_lightning_step_applies_the_mean_implicit_gradient():
     per_task = [implicit_meta_gradient(f, theta, list(theta), (batch.support_x[t], batch.support_y[t]),
                                        (batch.query_x[t], batch.query_y[t]), lam=1.0, lr=0.05, steps=20, cg_steps=4)[0]
                 for t in range(3)]
-    pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-               enable_checkpointing=False, limit_val_batches=0).fit(model, dm)
+    tiny_trainer(max_steps=1, limit_val_batches=0).fit(model, dm)
     for name, param in model.model.named_parameters():
         expected = theta[name] - 0.3 * torch.stack([g[name] for g in per_task]).mean(0)
         torch.testing.assert_close(param.detach(), expected, rtol=0, atol=1e-6)

@@ -1,15 +1,11 @@
-import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import tiny_trainer
 
 from lightning_meta import BlackBoxAdaptation, EpisodicDataModule, OmniglotTasks, SinusoidTasks, TaskBatch
 from lightning_meta.models import MLP, Conv4
-
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 
 
 def regression_model(aggregator, **kw):
@@ -90,11 +86,6 @@ def test_regression_with_variance_uses_gaussian_nll_and_reports_mse():
     torch.testing.assert_close(mse, ((mean - batch.query_y) ** 2).flatten(1).mean(1))
 
 
-def quiet_trainer(**kw):
-    return pl.Trainer(**{"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-                         "enable_progress_bar": False, "enable_model_summary": False, **kw})
-
-
 def test_training_needs_exactly_ways_but_evaluation_accepts_fewer():
     """A 5-way model: training on 3-way tasks is an error naming both numbers (a 5-wide head would be trained on
     two classes that do not exist); trained on 5-way tasks it validates and tests on 3-way ones, masked."""
@@ -110,20 +101,20 @@ def test_training_needs_exactly_ways_but_evaluation_accepts_fewer():
     tasks = ClassificationTasks(index_dataset(), ways=3, train_ways=5, shots=1, queries=2,
                                 split_fractions=(0.5, 0.25, 0.25))
     dm = EpisodicDataModule(tasks, meta_batch_size=2, train_episodes_per_epoch=8, val_episodes=4, test_episodes=4)
-    trainer = quiet_trainer(max_steps=4)
+    trainer = tiny_trainer(max_steps=4)
     trainer.fit(model, dm)
     assert trainer.global_step == 4 and 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
     assert 0.0 <= trainer.test(model, dm, verbose=False)[0]["test/acc"] <= 1.0
     wrong = ClassificationTasks(index_dataset(), ways=3, shots=1, queries=2, split_fractions=(0.5, 0.25, 0.25))
     with pytest.raises(ValueError, match="Build it with ways=3, or sample 5-way tasks"):
-        quiet_trainer(max_steps=1, num_sanity_val_steps=0).fit(model, EpisodicDataModule(wrong, meta_batch_size=2))
+        tiny_trainer(max_steps=1, num_sanity_val_steps=0).fit(model, EpisodicDataModule(wrong, meta_batch_size=2))
 
 
 def test_sinusoid_mse_well_below_predicting_zero():
     model = regression_model("attention")
     dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25, train_episodes_per_epoch=5000,
                             val_episodes=0, test_episodes=200, eval_meta_batch_size=100)
-    trainer = quiet_trainer(max_steps=200)
+    trainer = tiny_trainer(max_steps=200)
     trainer.fit(model, dm)
     mse = trainer.test(model, dm, verbose=False)[0]["test/mse"]
     dm.setup("test")
@@ -139,7 +130,7 @@ def test_omniglot_five_way_accuracy_well_above_chance(omniglot, aggregator):
                             test_episodes=100, eval_meta_batch_size=50)
     model = BlackBoxAdaptation(Conv4(embed_only=True, hidden=16), aggregator=aggregator, ways=5, task_dim=32,
                                hidden=64, optimizer=partial(torch.optim.Adam, lr=2e-3))
-    trainer = quiet_trainer(max_steps=300)
+    trainer = tiny_trainer(max_steps=300)
     trainer.fit(model, dm)
     acc = trainer.test(model, dm, verbose=False)[0]["test/acc"]
     assert acc > 0.4  # chance is 0.2
@@ -183,7 +174,7 @@ def test_bf16_mixed_trains_on_cpu():
     model = regression_model("mean")
     dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25, train_episodes_per_epoch=5000,
                             val_episodes=0, test_episodes=200, eval_meta_batch_size=100)
-    trainer = quiet_trainer(max_steps=150, precision="bf16-mixed")
+    trainer = tiny_trainer(max_steps=150, precision="bf16-mixed")
     before = trainer.test(model, dm, verbose=False)[0]["test/mse"]
     trainer.fit(model, dm)
     after = trainer.test(model, dm, verbose=False)[0]["test/mse"]

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 import torch
-from conftest import ListDataset, index_dataset, mixed_sizes
+from conftest import ListDataset, index_dataset, mixed_sizes, tiny_trainer
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_meta.data import ClassificationTasks, TaskBatch
@@ -200,8 +200,6 @@ def test_in_memory_tasks_pickle_without_their_dataset():
 
 def test_in_memory_tasks_over_an_unpicklable_dataset_train_with_forkserver_workers():
     """A real fit with 2 forkserver workers (each receives the task source by pickling): it runs to the end."""
-    import pytorch_lightning as pl
-
     from lightning_meta import EpisodicDataModule, ProtoNet
     from lightning_meta.models import MLP
 
@@ -209,8 +207,7 @@ def test_in_memory_tasks_over_an_unpicklable_dataset_train_with_forkserver_worke
     dm = EpisodicDataModule(tasks, meta_batch_size=2, train_episodes_per_epoch=8, val_episodes=4, test_episodes=0,
                             num_workers=2, worker_start_method="forkserver")
     model = ProtoNet(MLP(in_features=3, out_features=8, hidden=(8,)))
-    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = tiny_trainer(max_steps=4)
     trainer.fit(model, dm)
     assert trainer.global_step == 4 and dm.start_method == "forkserver"
     assert b"LockedDataset" not in pickle.dumps(dm.tasks)

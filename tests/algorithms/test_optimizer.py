@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO, script_env
+from conftest import REPO, script_env, tiny_trainer
 
 from lightning_meta import MAML, BlackBoxAdaptation, EpisodicDataModule, SinusoidTasks
 from lightning_meta.cli import main
@@ -22,8 +22,7 @@ def sinusoid_data(meta_batch: int = 3) -> EpisodicDataModule:
 
 
 def fit(model, dm, **kwargs) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, **kwargs)
+    trainer = tiny_trainer(**kwargs)
     trainer.fit(model, dm)
     return trainer
 

@@ -13,7 +13,8 @@ from wandb_reader import read_run
 from lightning_meta.cli import main
 from lightning_meta.loggers import INIT_TIMEOUT_S
 
-#: configs of the RGB datasets need a local copy; tests/test_image_configs.py runs them on synthetic stand-ins
+#: configs of the RGB datasets need a local copy; tests/integration/test_image_configs.py runs them on synthetic
+#: stand-ins
 IMAGE_SOURCES = ("MiniImageNetTasks", "TieredImageNetTasks", "CIFARFSTasks", "FC100Tasks")
 CONFIGS = sorted(c for c in (REPO / "examples" / "configs").glob("*.yaml")
                  if not any(source in c.read_text() for source in IMAGE_SOURCES))

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from blackbox_job import build as build_blackbox
 from conftest import REPO, failure_report, launch_nodes, run_script
-
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from blackbox_job import build as build_blackbox  # noqa: E402
-from ddp_job import CURVE_STEPS, SaveResults, build, fit_trainer, load_ranks  # noqa: E402
-from maml_job import PoisonedMAML, trainer  # noqa: E402
-from maml_job import build as build_maml  # noqa: E402
+from ddp_job import CURVE_STEPS, SaveResults, build, fit_trainer, load_ranks
+from maml_job import PoisonedMAML, trainer
+from maml_job import build as build_maml
 
 MAML_MODES = ("second_order", "first_order", "hvp")
 #: an abort of a ``ddp_spawn`` rank at interpreter exit, upstream (torch 2.13 + Python 3.11, see

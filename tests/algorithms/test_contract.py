@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_trainer
 from torch.utils.data import TensorDataset
 
 from lightning_meta import (
@@ -47,12 +48,6 @@ def datamodule(meta_batch_size: int = 2) -> EpisodicDataModule:
                                         "test": list(range(12, 16))})
     return EpisodicDataModule(tasks, meta_batch_size=meta_batch_size, train_episodes_per_epoch=8, val_episodes=4,
                               test_episodes=4, seed=3)
-
-
-def tiny_trainer(**kwargs) -> pl.Trainer:
-    options = dict(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    return pl.Trainer(**{**options, **kwargs})
 
 
 @pytest.mark.parametrize("name", list(learners()))
@@ -113,7 +108,8 @@ def test_skip_takes_no_optimizer_step_for_learners_without_inner_loop(name):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             weights.append(torch.cat([p.detach().flatten().clone() for p in module.parameters()]))
 
-    tiny_trainer(callbacks=[Record()], limit_val_batches=0).fit(learner, datamodule())
+    trainer = tiny_trainer(max_steps=3, num_sanity_val_steps=0, callbacks=[Record()], limit_val_batches=0)
+    trainer.fit(learner, datamodule())
     state = learner.trainer.optimizers[0].state
     assert {int(s["step"]) for s in state.values()} == {2}  # 3 meta-batches, one skipped
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
@@ -123,17 +119,18 @@ def test_skip_takes_no_optimizer_step_for_learners_without_inner_loop(name):
 def test_raise_names_the_learner_and_step(name):
     learner = poisoned(learners()[name], step=1)
     with pytest.raises(FloatingPointError, match=rf"^{name}: non-finite loss at global step 1; lower the optimizer's"):
-        tiny_trainer(limit_val_batches=0).fit(learner, datamodule())
+        tiny_trainer(max_steps=3, num_sanity_val_steps=0, limit_val_batches=0).fit(learner, datamodule())
 
 
 def test_task_type_is_read_once_from_the_datamodule():
     """Under ``task_type="auto"`` the DataModule's task source says (at ``setup``); direct calls infer it."""
     learner, dm = MAML(MLP(), inner_lr=0.01), EpisodicDataModule(SinusoidTasks(), meta_batch_size=2, val_episodes=2)
-    tiny_trainer(max_steps=1).fit(learner, dm)
+    tiny_trainer(max_steps=1, num_sanity_val_steps=0).fit(learner, dm)
     assert learner._data_task_type == "regression" and learner.task_type_of(torch.zeros(2, 3, dtype=torch.long)) == (
         "regression")
     assert MAML(MLP()).task_type_of(torch.zeros(2, 3, dtype=torch.long)) == "classification"
-    assert set(tiny_trainer().validate(learner, dm, verbose=False)[0]) >= {"val/mse", "val/pre_mse"}
+    metrics = tiny_trainer(max_steps=3, num_sanity_val_steps=0).validate(learner, dm, verbose=False)[0]
+    assert set(metrics) >= {"val/mse", "val/pre_mse"}
 
 
 def quadratic() -> tuple[TaskLoss, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_trainer
 
 from lightning_meta import BlackBoxAdaptation, TaskBatch
 from lightning_meta.models import MLP, SNAIL
@@ -136,8 +137,6 @@ def test_bad_arguments():
 
 def test_blackbox_snail_trains_under_bf16_mixed():
     """A real Trainer fit under bf16 autocast on CPU: the query MSE falls and every weight stays finite."""
-    import pytorch_lightning as pl
-
     from lightning_meta import EpisodicDataModule, SinusoidTasks
 
     torch.manual_seed(0)
@@ -145,8 +144,7 @@ def test_blackbox_snail_trains_under_bf16_mixed():
                                  hidden=32, support_size=10)
     dm = EpisodicDataModule(SinusoidTasks(shots=10, queries=10), meta_batch_size=25, train_episodes_per_epoch=25 * 100,
                             val_episodes=0, test_episodes=100, eval_meta_batch_size=100)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=100, precision="bf16-mixed", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = tiny_trainer(max_steps=100, precision="bf16-mixed")
     before = trainer.test(learner, dm, verbose=False)[0]["test/mse"]
     trainer.fit(learner, dm)
     after = trainer.test(learner, dm, verbose=False)[0]["test/mse"]

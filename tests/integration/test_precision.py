@@ -7,6 +7,7 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_trainer
 from pytorch_lightning.plugins import MixedPrecision
 from torch import nn
 from torch.amp import GradScaler
@@ -67,9 +68,7 @@ class RecordingMAML(MAML):
 
 def make_trainer(precision="32-true", plugins=None) -> pl.Trainer:
     kwargs = dict(plugins=plugins) if plugins is not None else dict(precision=precision)
-    return pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      limit_val_batches=0, **kwargs)
+    return tiny_trainer(max_steps=1, num_sanity_val_steps=0, limit_val_batches=0, **kwargs)
 
 
 def one_training_step(mode: str, precision="32-true", plugins=None, **kwargs) -> tuple[RecordingMAML, pl.Trainer]:

@@ -1,12 +1,13 @@
 """bf16-mixed and 16-mixed for Reptile, iMAML, ProtoNet and MAML with the MAML++ options on CPU, as for MAML
-(tests/test_precision.py): autocast on in every forward of the inner loop (or the embedding), and the gradient
-Lightning hands the optimizer within the precision's tolerance of float32's."""
+(tests/integration/test_precision.py): autocast on in every forward of the inner loop (or the embedding), and the
+gradient Lightning hands the optimizer within the precision's tolerance of float32's."""
 
 from __future__ import annotations
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_trainer
 from test_precision import MIXED, Probe, relative_error, sinusoid_batch
 from torch.utils.data import DataLoader
 
@@ -41,9 +42,8 @@ class Record(pl.Callback):
 def one_step(learner: str, **trainer_args) -> tuple[pl.LightningModule, Record]:
     model, record = LEARNERS[learner](), Record()
     batch = classification_batch() if learner == "protonet" else sinusoid_batch()
-    pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[record],
-               **trainer_args).fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
+    tiny_trainer(max_steps=1, limit_val_batches=0, callbacks=[record], **trainer_args).fit(
+        model, train_dataloaders=DataLoader([batch], batch_size=None))
     return model, record
 
 

@@ -4,6 +4,7 @@ what would be valid, raised at construction."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -32,3 +33,19 @@ def check_factory(name: str, value: Any, example: str) -> None:
     if value is not None and not callable(value):
         shown = repr(value) if len(repr(value)) <= 60 else f"an instance of {type(value).__name__}"
         raise ValueError(f"{name} must be a callable that builds it (e.g. {example}) or None, got {shown}")
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is a number in ``[0, 1)`` (a drop rate)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+def check_int_sequence(name: str, value: Any, length: int, example: tuple) -> tuple[int, ...]:
+    """``value`` as a tuple of ``length`` ints >= 1, or a ``ValueError`` naming ``name`` and an ``example``."""
+    items = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+    valid = isinstance(items, tuple) and len(items) == length and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items)
+    if not valid:
+        raise ValueError(f"{name} must be {length} ints >= 1 (e.g. {example}), got {value!r}")
+    return items

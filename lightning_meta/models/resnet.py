@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.checks import check_choice, check_number, check_positive
+from lightning_meta.checks import check_choice, check_fraction, check_int_sequence, check_number, check_positive
 
 #: MetaOptNet's widths (Lee et al., 2019): 12.4 M parameters without a head
 RESNET12_CHANNELS = (64, 160, 320, 640)
@@ -42,8 +42,7 @@ class DropBlock(nn.Module):
 
     def __init__(self, drop_rate: float = 0.1, block_size: int = 5) -> None:
         super().__init__()
-        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+        check_fraction("drop_rate", drop_rate)
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
         self.drop_rate, self.block_size = float(drop_rate), block_size
@@ -166,16 +165,12 @@ class ResNet12(nn.Module):
         negative_slope: float = 0.1,
     ) -> None:
         super().__init__()
-        channels = tuple(channels) if isinstance(channels, Sequence) and not isinstance(channels, str) else channels
-        if not isinstance(channels, tuple) or len(channels) != 4 or not all(_positive_int(c) for c in channels):
-            raise ValueError(f"channels must be 4 ints >= 1 (one width per residual block, e.g. "
-                             f"{RESNET12_CHANNELS}), got {channels!r}")
+        channels = check_int_sequence("channels", channels, 4, RESNET12_CHANNELS)  # one width per residual block
         check_positive("in_channels", in_channels)
         if not embed_only:
             check_positive("out_features", out_features)
         check_positive("image_size (four 2x2 max-poolings)", image_size, 16)
-        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+        check_fraction("drop_rate", drop_rate)
         check_positive("drop_block_size", drop_block_size)
         check_choice("embed_only", embed_only, (True, False))
         check_choice("avg_pool", avg_pool, (True, False))
@@ -207,6 +202,3 @@ class ResNet12(nn.Module):
         z = z.mean(dim=(2, 3)) if self.avg_pool else z.flatten(1)
         return z if self.head is None else self.head(z)
 
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -140,8 +140,8 @@ def imaml_objective(
         >>> tuple(objective.inner_losses.shape)
         (2, 3)
     """
-    tasks = [TaskGradient(*implicit_meta_gradient(
+    tasks = (TaskGradient(*implicit_meta_gradient(
         task_loss, theta, names, (batch.support_x[t], batch.support_y[t]), (batch.query_x[t], batch.query_y[t]),
         lam=lam, lr=lr, steps=steps, cg_steps=cg_steps, hvp_method=hvp_method, loss_scale=loss_scale))
-        for t in range(batch.num_tasks)]
+        for t in range(batch.num_tasks))  # a generator: one task's gradients in memory at a time
     return gradient_objective(theta, tasks)

@@ -19,7 +19,7 @@ LightningModule, a Fabric loop or plain PyTorch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -166,10 +166,11 @@ def _hvp_objective(task_loss: TaskLoss, params: Params, names: list[str], lrs: T
                    steps: int, method: HvpMethod, loss_scale: float) -> MetaObjective:
     """Per-task exact meta-gradients by the HVP recurrence, averaged as a surrogate loss over ``params`` (and a
     learned ``lrs``)."""
-    tasks = []
-    for t in range(batch.num_tasks):
-        g, lr_g, q_loss, q_out, inner = meta_gradient_hvp(
-            task_loss, params, names, lrs, (batch.support_x[t], batch.support_y[t]),
-            (batch.query_x[t], batch.query_y[t]), steps, method, loss_scale)
-        tasks.append(TaskGradient({**g, INNER_LRS: lr_g}, q_loss, q_out, torch.stack(inner)))
-    return gradient_objective({**params, INNER_LRS: lrs} if lrs.requires_grad else params, tasks)
+    def tasks() -> Iterator[TaskGradient]:  # one task's gradients in memory at a time
+        for t in range(batch.num_tasks):
+            g, lr_g, q_loss, q_out, inner = meta_gradient_hvp(
+                task_loss, params, names, lrs, (batch.support_x[t], batch.support_y[t]),
+                (batch.query_x[t], batch.query_y[t]), steps, method, loss_scale)
+            yield TaskGradient({**g, INNER_LRS: lr_g}, q_loss, q_out, torch.stack(inner))
+
+    return gradient_objective({**params, INNER_LRS: lrs} if lrs.requires_grad else params, tasks())

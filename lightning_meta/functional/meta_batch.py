@@ -4,7 +4,7 @@ their mean, handed to ``backward`` as a loss."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -54,10 +54,11 @@ class TaskGradient(NamedTuple):
     inner_losses: Tensor
 
 
-def gradient_objective(params: Params, tasks: Sequence[TaskGradient]) -> MetaObjective:
+def gradient_objective(params: Params, tasks: Iterable[TaskGradient]) -> MetaObjective:
     """The meta-batch objective of per-task meta-gradients: ``loss``'s gradient with respect to each ``params[n]`` is
     the mean over ``tasks`` of ``grads[n]``, its value the mean query loss
-    ([as_gradient_loss][lightning_meta.functional.as_gradient_loss]).
+    ([as_gradient_loss][lightning_meta.functional.as_gradient_loss]). ``tasks`` may be a generator: the gradients
+    are summed as they come, so memory holds one task's gradients beside the running sum, whatever the meta-batch.
 
     Examples:
         >>> w = torch.zeros(2, requires_grad=True)
@@ -68,8 +69,16 @@ def gradient_objective(params: Params, tasks: Sequence[TaskGradient]) -> MetaObj
         >>> objective.loss.item(), w.grad
         (2.0, tensor([2., 1.]))
     """
-    count = len(tasks)
-    mean = {n: sum(t.grads[n] for t in tasks) / count for n in params}
-    query_losses = torch.stack([t.query_loss for t in tasks])
-    return MetaObjective(as_gradient_loss(params, mean, query_losses.mean()), query_losses,
-                         torch.stack([t.query_output for t in tasks]), torch.stack([t.inner_losses for t in tasks]))
+    total: Params | None = None
+    query_losses, query_outputs, inner_losses = [], [], []
+    for task in tasks:
+        grads = {n: task.grads[n] for n in params}
+        total = grads if total is None else {n: total[n] + g for n, g in grads.items()}
+        query_losses.append(task.query_loss), query_outputs.append(task.query_output)
+        inner_losses.append(task.inner_losses)
+    if total is None:
+        raise ValueError("gradient_objective needs at least one task")
+    losses = torch.stack(query_losses)
+    mean = {n: g / len(query_losses) for n, g in total.items()}
+    return MetaObjective(as_gradient_loss(params, mean, losses.mean()), losses, torch.stack(query_outputs),
+                         torch.stack(inner_losses))

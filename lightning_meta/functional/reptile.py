@@ -98,13 +98,14 @@ def reptile_objective(
         ...                               InnerAdam(list(theta), lr=0.01, kind="sgd"), steps=5)
         >>> objective.loss.backward()  # .grad = theta - mean(phi_5)
     """
-    tasks = []
-    for t in range(batch.num_tasks):
-        x, y = batch.support_x[t], batch.support_y[t]
-        if inner_data == "all":
-            x, y = torch.cat([x, batch.query_x[t]]), torch.cat([y, batch.query_y[t]])
-        phi, losses = unroll(optimizer, task_loss, theta, x, y, steps).final()
-        with torch.no_grad():
-            q_loss, q_out = task_loss(phi, batch.query_x[t], batch.query_y[t])
-        tasks.append(TaskGradient({n: p.detach() - phi[n] for n, p in theta.items()}, q_loss, q_out, losses))
-    return gradient_objective(theta, tasks)
+    def tasks() -> Iterator[TaskGradient]:  # one task's adapted weights in memory at a time
+        for t in range(batch.num_tasks):
+            x, y = batch.support_x[t], batch.support_y[t]
+            if inner_data == "all":
+                x, y = torch.cat([x, batch.query_x[t]]), torch.cat([y, batch.query_y[t]])
+            phi, losses = unroll(optimizer, task_loss, theta, x, y, steps).final()
+            with torch.no_grad():
+                q_loss, q_out = task_loss(phi, batch.query_x[t], batch.query_y[t])
+            yield TaskGradient({n: p.detach() - phi[n] for n, p in theta.items()}, q_loss, q_out, losses)
+
+    return gradient_objective(theta, tasks())

@@ -21,6 +21,7 @@ from lightning_meta.data.workers import check_spawned_process
 from lightning_meta.distributed import settle_process_group
 from lightning_meta.functional.meta_batch import MetaObjective
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
+from lightning_meta.models.spec import build_module_error, module_spec
 
 EVAL_STAGES = ("val", "test")
 EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
@@ -156,7 +157,21 @@ class MetaLearner(pl.LightningModule):
         raises an [UnreadableCheckpointError][lightning_meta.checkpoints.UnreadableCheckpointError] (a
         ``ValueError``) naming it, chained from torch's error."""
         with readable_checkpoint(checkpoint_path):
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+            try:
+                return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+            except TypeError as error:
+                missing = next((n for n in ("model", "encoder") if f"argument: '{n}'" in str(error)), None)
+                if missing is None or missing in kwargs:
+                    raise
+                raise build_module_error(cls.__name__, missing) from error
+
+    def record_backbone(self, name: str, module: nn.Module) -> None:
+        """Record ``module`` (the ``model``/``encoder`` argument) in the hyper-parameters as plain data
+        ([module_spec][lightning_meta.models.spec.module_spec]), so ``load_from_checkpoint(path)`` rebuilds it; a
+        module whose arguments are unknown is left out (loading then needs ``name=``, and says so)."""
+        spec = module_spec(module)
+        if spec is not None:
+            self.hparams[name] = spec
 
     # --------------------------------------------------------------- task type
     def prepare_batch(self, batch: TaskBatch) -> tuple[TaskBatch, str]:

@@ -14,6 +14,7 @@ from lightning_meta.data.sources import TaskType
 from lightning_meta.functional import MetaObjective
 from lightning_meta.functional.blackbox import blackbox_losses
 from lightning_meta.models.blackbox import AGGREGATORS, Aggregator, BlackBoxNetwork, mlp
+from lightning_meta.models.spec import build_module
 
 __all__ = ["AGGREGATORS", "Aggregator", "BlackBoxAdaptation", "mlp"]
 
@@ -85,6 +86,7 @@ class BlackBoxAdaptation(MetaLearner):
     ) -> None:
         super().__init__(nonfinite=nonfinite, task_type=task_type, optimizer=optimizer, lr_scheduler=lr_scheduler,
                          lr_scheduler_interval=lr_scheduler_interval)
+        encoder = build_module(encoder, "encoder", self.algorithm)
         network = BlackBoxNetwork(
             encoder, aggregator=aggregator, task_dim=task_dim, hidden=hidden, feature_dim=feature_dim, ways=ways,
             y_dim=y_dim, predict_variance=predict_variance, heads=heads, layers=layers, support_size=support_size,
@@ -93,6 +95,7 @@ class BlackBoxAdaptation(MetaLearner):
         # the hyperparameters record the resolved sizes (save_hyperparameters reads this frame's arguments)
         feature_dim, support_size = network.feature_dim, network.support_size
         self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
+        self.record_backbone("encoder", encoder)
         self._attach(network)
 
     def _attach(self, network: BlackBoxNetwork) -> None:

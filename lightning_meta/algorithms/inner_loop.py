@@ -22,6 +22,7 @@ from lightning_meta.functional import InnerOptimizer, InnerSGD, Params, TaskLoss
 from lightning_meta.functional import select_adapted as select_adapted_tensors
 from lightning_meta.functional.params import frozen_selection_error
 from lightning_meta.models.norm import per_step_batch_norm, set_norm_step, transductive_batch_norm
+from lightning_meta.models.spec import build_module
 
 FP16_INNER_LOSS_SCALE = 2.0**10
 
@@ -103,7 +104,9 @@ class InnerLoopLearner(MetaLearner):
                          lr_scheduler_interval=lr_scheduler_interval)
         _check_inner_loop_args(inner_lr, inner_steps, eval_inner_steps, inner_loss_scale)
         check_choice("batch_norm", batch_norm, self.batch_norm_policies)
+        model = build_module(model, "model", self.algorithm)
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        self.record_backbone("model", model)
         self.model = model
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps

@@ -15,6 +15,7 @@ from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.layout import channels_last_batch
 from lightning_meta.functional.meta_batch import MetaObjective
 from lightning_meta.functional.protonet import prototypical_logits
+from lightning_meta.models.spec import build_module
 
 
 class ProtoNet(MetaLearner):
@@ -63,7 +64,9 @@ class ProtoNet(MetaLearner):
             raise ValueError(_REGRESSION)
         super().__init__(nonfinite=nonfinite, task_type=task_type, optimizer=optimizer, lr_scheduler=lr_scheduler,
                          lr_scheduler_interval=lr_scheduler_interval)
+        encoder = build_module(encoder, "encoder", self.algorithm)
         self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
+        self.record_backbone("encoder", encoder)
         self.encoder, self.channels_last = encoder, channels_last
         if channels_last:
             self.encoder.to(memory_format=torch.channels_last)

@@ -1,10 +1,11 @@
-"""Standard backbones for few-shot learning, and the black-box adaptation network."""
+"""Standard backbones for few-shot learning, the black-box adaptation network, and backbones as plain data."""
 
 from lightning_meta.models.backbones import MLP, Conv4
 from lightning_meta.models.blackbox import BlackBoxNetwork
 from lightning_meta.models.norm import BatchStatNorm, PerStepBatchNorm, TransductiveBatchNorm
 from lightning_meta.models.resnet import DropBlock, ResNet12
 from lightning_meta.models.snail import SNAIL
+from lightning_meta.models.spec import build_module, module_spec, records_init_args
 
 __all__ = ["MLP", "BatchStatNorm", "BlackBoxNetwork", "Conv4", "DropBlock", "PerStepBatchNorm", "ResNet12", "SNAIL",
-           "TransductiveBatchNorm"]
+           "TransductiveBatchNorm", "build_module", "module_spec", "records_init_args"]

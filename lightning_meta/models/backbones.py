@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_meta.checks import check_choice, check_positive
+from lightning_meta.models.spec import records_init_args
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -26,6 +27,7 @@ def conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+@records_init_args
 class Conv4(nn.Module):
     """Four ``[3x3 conv hidden, BatchNorm, ReLU, 2x2 max-pool]`` blocks and a linear head (pool and ReLU swapped,
     which computes the same function).
@@ -72,6 +74,7 @@ class Conv4(nn.Module):
         return z if self.head is None else self.head(z)
 
 
+@records_init_args
 class MLP(nn.Module):
     """A fully connected network; the default is the MAML sinusoid regressor 1-40-40-1 with ReLU.
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_meta.checks import check_choice, check_fraction, check_int_sequence, check_number, check_positive
+from lightning_meta.models.spec import records_init_args
 
 #: MetaOptNet's widths (Lee et al., 2019): 12.4 M parameters without a head
 RESNET12_CHANNELS = (64, 160, 320, 640)
@@ -102,6 +103,7 @@ class ResidualBlock(nn.Module):
         return self.drop(self.pool(out))
 
 
+@records_init_args
 class ResNet12(nn.Module):
     """ResNet-12: four residual blocks of widths ``channels`` (default 64-160-320-640), each halving the
     resolution, then global average pooling (``feature_dim = channels[-1]``, 640) or flattening

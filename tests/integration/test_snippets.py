@@ -44,6 +44,7 @@ EXPECTED = {
     ("docs/howto/datasets.md", 1): "torch.Size([4, 5, 8])",
     ("docs/datasets.md", 0): "torch.Size([4, 5, 3, 84, 84])",
     ("docs/learners.md", 0): "test/acc",
+    ("docs/learners.md", 1): "torch.Size([1, 10, 1])",
 }
 #: snippets that are one node of a multi-node job: launched as two nodes on the loopback interface
 TWO_NODES = {("docs/howto/multinode.md", 0)}

@@ -177,8 +177,10 @@ class Unroll:
                 self.losses.append(loss.detach())
 
     def final(self) -> tuple[Params, Tensor]:
-        *_, (_, phi) = self
-        return phi, torch.stack(self.losses) if self.losses else self.x.new_zeros(0)
+        last = self.theta
+        for _, phi in self:  # only the current iterate is held: memory flat in the number of steps
+            last = phi
+        return last, torch.stack(self.losses) if self.losses else self.x.new_zeros(0)
 
 
 def unroll(optimizer: InnerOptimizer, task_loss: TaskLoss, theta: Params, x: Tensor, y: Tensor, steps: int) -> Unroll:

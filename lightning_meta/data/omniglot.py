@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from lightning_meta.data.classification import ClassificationTasks
+from lightning_meta.data.image_cache import cache_base
 
 SETS = ("images_background", "images_evaluation")
 DRAWERS = 20
@@ -94,8 +95,7 @@ def _cache_file(root: Path, image_size: int, cache_dir: str | None) -> Path:
         stat = source.stat()
         stamp.append(f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}")
     key = hashlib.sha1(f"{CACHE_VERSION}|{image_size}|{'|'.join(stamp)}".encode()).hexdigest()[:16]
-    base = cache_dir or os.environ.get("LIGHTNING_META_CACHE") or Path.home() / ".cache" / "lightning_meta"
-    return Path(base) / f"omniglot-{image_size}px-{key}.pt"
+    return cache_base(cache_dir) / f"omniglot-{image_size}px-{key}.pt"
 
 
 def load_omniglot_cached(root: str | os.PathLike, image_size: int = 28, cache_dir: str | None = None) -> dict:

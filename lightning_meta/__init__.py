@@ -24,16 +24,20 @@ from lightning_meta.data import (
     TaskSource,
     TieredImageNetTasks,
 )
+from lightning_meta.data.preprocessing import ImagePreprocessing
+from lightning_meta.models.adapted import AdaptedLearner
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IMAML",
+    "AdaptedLearner",
     "BlackBoxAdaptation",
     "CIFARFSTasks",
     "ClassificationTasks",
     "EpisodicDataModule",
     "FC100Tasks",
+    "ImagePreprocessing",
     "ImageTasks",
     "InnerLoopLearner",
     "Learn2LearnTasks",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Literal
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,14 +15,15 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from lightning_meta._lightning import pl, submodule
 from lightning_meta.algorithms.trainer_tools import optimizer_lr, with_lr
 from lightning_meta.checkpoints import readable_checkpoint, report_unreadable_checkpoints
-from lightning_meta.checks import check_choice, check_factory
+from lightning_meta.checks import check_choice, check_factory, check_positive
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
 from lightning_meta.data.workers import check_spawned_process
 from lightning_meta.distributed import settle_process_group
 from lightning_meta.functional.meta_batch import MetaObjective
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
-from lightning_meta.models.spec import build_module_error, module_spec
+from lightning_meta.models.adapted import AdaptedLearner, encode_classes
+from lightning_meta.models.spec import build_callable, build_module_error, callable_spec, module_spec
 
 EVAL_STAGES = ("val", "test")
 EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
@@ -128,6 +130,12 @@ class MetaLearner(pl.LightningModule):
         self._data_task_type: str | None = None
         self._window_contributed = False  # a meta-batch since the last optimizer step had a finite loss
         self._checked_shapes: tuple = ()  # batch shapes the output width was last checked against
+        #: what adapting to a new task needs, recorded in the checkpoint: task type, ways/shots/queries, the image
+        #: preprocessing (from the DataModule's task source at ``setup``, else the first batch's shapes)
+        self.task_info: dict[str, Any] = {}
+        #: the LightningCLI run's ``data`` config (plain data), recorded so ``lightning-meta test --ckpt_path`` alone
+        #: rebuilds the data
+        self.run_config: dict[str, Any] | None = None
         self.episode_metrics = nn.ModuleDict(
             {f"{stage}_{name}": EpisodeMeanCI() for stage in EVAL_STAGES for name in EVAL_METRICS}
         )
@@ -141,6 +149,9 @@ class MetaLearner(pl.LightningModule):
         if trainer is not None:
             report_unreadable_checkpoints(trainer.strategy)
         self._data_task_type = self._read_task_type(trainer)
+        source = getattr(getattr(trainer, "datamodule", None), "tasks", None)
+        if stage == "fit" and callable(getattr(source, "describe", None)):
+            self.task_info = source.describe()
 
     def _read_task_type(self, trainer) -> str | None:
         """The task type, read once: configured, else the attached DataModule's (its task source's); ``None`` leaves
@@ -153,10 +164,20 @@ class MetaLearner(pl.LightningModule):
 
     @_restricted_classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
-        """Lightning's ``load_from_checkpoint``; a file that is not a PyTorch checkpoint (garbage, a truncated copy)
-        raises an [UnreadableCheckpointError][lightning_meta.checkpoints.UnreadableCheckpointError] (a
-        ``ValueError``) naming it, chained from torch's error."""
+        """Lightning's ``load_from_checkpoint``, with no arguments needed: the backbone, the outer optimizer and what
+        adaptation needs (``task_info``) come from the checkpoint. Called on ``MetaLearner`` it loads whichever
+        learner the checkpoint holds; called on another learner than the checkpoint's, it is a ``ValueError`` naming
+        both. A file that is not a PyTorch checkpoint raises an
+        [UnreadableCheckpointError][lightning_meta.checkpoints.UnreadableCheckpointError] (a ``ValueError``)
+        naming it, chained from torch's error."""
         with readable_checkpoint(checkpoint_path):
+            target = _checkpoint_learner(cls, checkpoint_path)
+            if target is MetaLearner:
+                raise ValueError(f"{checkpoint_path} does not record which learner it holds (written before "
+                                 "lightning-meta recorded it): load it with that learner's class, e.g. "
+                                 "MAML.load_from_checkpoint(path)")
+            if target is not cls:
+                return target.load_from_checkpoint(checkpoint_path, *args, **kwargs)
             try:
                 return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
             except TypeError as error:
@@ -164,6 +185,30 @@ class MetaLearner(pl.LightningModule):
                 if missing is None or missing in kwargs:
                     raise
                 raise build_module_error(cls.__name__, missing) from error
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Records, as plain data under ``checkpoint["lightning_meta"]``: the learner's class, ``task_info``, the
+        outer optimizer and scheduler (class path and arguments, where they can be captured) and the CLI's data
+        config (subclasses call ``super()``)."""
+        cls = type(self)
+        checkpoint["lightning_meta"] = {
+            "learner": f"{cls.__module__}.{cls.__qualname__}", "task": dict(self.task_info),
+            "optimizer": callable_spec(self.optimizer_factory),
+            "lr_scheduler": callable_spec(self.lr_scheduler_factory),
+            "data": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores ``task_info`` and, where none was given, the recorded outer optimizer and scheduler, so that a
+        learner loaded with ``load_from_checkpoint`` resumes (``ckpt_path``) with the optimizer it was trained
+        with (subclasses call ``super()``)."""
+        record = checkpoint.get("lightning_meta") or {}
+        self.task_info = dict(record.get("task") or self.task_info)
+        self.run_config = record.get("data") or self.run_config
+        if self.optimizer_factory is None and record.get("optimizer"):
+            self.optimizer_factory = build_callable(record["optimizer"], "optimizer")
+        if self.lr_scheduler_factory is None and record.get("lr_scheduler"):
+            self.lr_scheduler_factory = build_callable(record["lr_scheduler"], "lr_scheduler")
 
     def record_backbone(self, name: str, module: nn.Module) -> None:
         """Record ``module`` (the ``model``/``encoder`` argument) in the hyper-parameters as plain data
@@ -330,6 +375,8 @@ class MetaLearner(pl.LightningModule):
 
     # ----------------------------------------------------------------- steps
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        if batch.query_y is None:
+            raise ValueError(f"{self.algorithm}: training needs query labels (query_y is None)")
         objective = self.objective(batch)
         if not self.check_finite(objective):
             return self._zero_loss()
@@ -350,6 +397,9 @@ class MetaLearner(pl.LightningModule):
 
     def _eval_step(self, batch: TaskBatch, stage: str) -> None:
         """Query metrics after ``eval_steps`` (and 0: pre-adaptation), or after every step for the curve."""
+        if batch.query_y is None:
+            raise ValueError(f"{self.algorithm}: {stage} needs query labels (query_y is None); predict (predict_step, "
+                             "trainer.predict, lightning-meta predict) takes tasks without them")
         steps, points = self.eval_steps, self.evaluate(batch, self.eval_points())
         task_type = self.task_type_of(batch.support_y)
         curve = {k: (loss, self.episode_score(task_type, out, batch.query_y)) for k, (loss, out) in points.items()}
@@ -370,7 +420,69 @@ class MetaLearner(pl.LightningModule):
     def predict_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         """Query predictions ``[T, M, ...]`` after ``eval_steps`` of adaptation: logits (classification) or the
         regression prediction."""
+        if batch.query_y is None:  # unlabeled queries: the losses are not wanted, and no output depends on labels
+            batch = batch.with_placeholder_targets()
         return self.evaluate(batch, {self.eval_steps})[self.eval_steps][1]
+
+    # ------------------------------------------------------ a new task
+    def adapt(self, support_x: Tensor, support_y: Tensor | Sequence[Any], steps: int | None = None) -> AdaptedLearner:
+        """Adapt to one new task's labeled examples: an [AdaptedLearner][lightning_meta.AdaptedLearner], a frozen
+        ``nn.Module`` in evaluation mode whose ``forward(query_x)`` equals what ``predict_step`` gives for a task with
+        this support set (class scores ``[M, ways]``, or the regression prediction).
+
+        ``support_x`` is ``[S, ...]``, prepared as the training inputs were (images: ``task_info["preprocessing"]``,
+        [ImagePreprocessing][lightning_meta.data.preprocessing.ImagePreprocessing]); ``support_y`` holds one label per
+        example, any hashable class names (kept in ``adapted.classes``, sorted) or integers, or regression targets
+        ``[S, d]`` (a float tensor). ``steps`` is the number of inner steps (default ``eval_steps``; 0 or ``None``
+        for learners without an inner loop). The learner itself is unchanged and left in the mode it was in.
+
+        Examples:
+            >>> import torch
+            >>> from lightning_meta import ProtoNet
+            >>> from lightning_meta.models import Conv4
+            >>> learner = ProtoNet(Conv4(embed_only=True, hidden=8, image_size=16))
+            >>> adapted = learner.adapt(torch.rand(4, 1, 16, 16), ["cat", "cat", "dog", "dog"])
+            >>> adapted.classes, adapted(torch.rand(3, 1, 16, 16)).shape
+            (['cat', 'dog'], torch.Size([3, 2]))
+        """
+        task_type = self._adaptation_task_type(support_y)
+        x = torch.as_tensor(support_x, device=self.device)
+        if x.is_floating_point():
+            x = x.to(self.dtype)
+        if task_type == "classification":
+            y, classes = encode_classes(support_y)
+        else:
+            y, classes = torch.as_tensor(support_y, dtype=x.dtype), None
+            y = y[:, None] if y.dim() == 1 else y
+        if x.dim() < 2 or len(x) != len(y):
+            raise ValueError(f"{self.algorithm}.adapt: support_x {tuple(x.shape)} needs one row per label, and there "
+                             f"are {len(y)} labels")
+        if steps is not None:
+            check_positive("steps", steps, 0)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode(False):
+                core = self.adapted_core(x, y.to(self.device), task_type, steps, classes)
+        finally:
+            self.train(was_training)
+        return AdaptedLearner(core, classes=classes, task_type=task_type,
+                              preprocessing=self.task_info.get("preprocessing"))
+
+    def _adaptation_task_type(self, support_y: Any) -> str:
+        """Configured, else recorded at training, else float targets regress and labels classify."""
+        if self.task_type != "auto":
+            return self.task_type
+        known = self._data_task_type or self.task_info.get("task_type")
+        if known in ("classification", "regression"):
+            return known
+        return "regression" if isinstance(support_y, Tensor) and support_y.is_floating_point() else "classification"
+
+    def adapted_core(self, support_x: Tensor, support_y: Tensor, task_type: str, steps: int | None,
+                     classes: list | None) -> nn.Module:
+        """The module ``adapt`` wraps: query inputs ``[M, ...]`` to outputs for this task (each learner defines it;
+        called in evaluation mode; ``support_y`` holds class indices ``0..ways-1`` or targets ``[S, d]``)."""
+        raise NotImplementedError
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -434,6 +546,30 @@ class MetaLearner(pl.LightningModule):
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _checkpoint_learner(cls: type, path: Any) -> type:
+    """The learner class recorded in the checkpoint at ``path`` (``cls`` if none is): ``cls`` or a subclass of it,
+    else a ``ValueError`` naming both."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not readable here (a remote path, another format): Lightning reports it
+        return cls
+    record = checkpoint.get("lightning_meta") or {}
+    class_path = record.get("learner") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if not class_path:
+        return cls
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return cls
+    if isinstance(found, type) and issubclass(found, cls):
+        return found
+    if isinstance(found, type) and issubclass(cls, found):
+        return cls  # a user's subclass loading its parent's checkpoint
+    raise ValueError(f"{path} is a checkpoint of {name}, not of {cls.__name__}: load it with "
+                     f"{name}.load_from_checkpoint(path) (or MetaLearner.load_from_checkpoint(path))")
 
 
 def check_no_inner_steps(algorithm: str, at: Iterable[int] | None) -> None:

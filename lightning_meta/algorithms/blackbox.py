@@ -13,6 +13,7 @@ from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
 from lightning_meta.functional import MetaObjective
 from lightning_meta.functional.blackbox import blackbox_losses
+from lightning_meta.models.adapted import SupportReader
 from lightning_meta.models.blackbox import AGGREGATORS, Aggregator, BlackBoxNetwork, mlp
 from lightning_meta.models.spec import build_module
 
@@ -175,6 +176,15 @@ class BlackBoxAdaptation(MetaLearner):
                 f"head, and {why}. Build it with ways={ways}, or sample {self.ways}-way tasks (evaluation on tasks "
                 f"with fewer ways than `ways` is allowed: the unused logits are masked)"
             )
+
+    def adapted_core(self, support_x: Tensor, support_y: Tensor, task_type: str, steps: int | None,
+                     classes: list | None) -> nn.Module:
+        """The network with what it read of the support set (up to ``ways`` classes; regression ``y_dim`` targets)."""
+        check_no_inner_steps(self.algorithm, None if not steps else {steps})
+        with torch.no_grad():
+            ways = self.network._check_targets(support_y[None], task_type)
+            support = self.network.read_support(self.network.features(support_x[None]), support_y[None], task_type)
+        return SupportReader(self.network, support, ways, task_type)
 
     # ------------------------------------------------------------- objective
     def _predict(self, batch: TaskBatch, task_type: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -21,6 +21,7 @@ from lightning_meta.data.sources import TaskType
 from lightning_meta.functional import InnerOptimizer, InnerSGD, Params, TaskLoss, query_trajectory, unroll
 from lightning_meta.functional import select_adapted as select_adapted_tensors
 from lightning_meta.functional.params import frozen_selection_error
+from lightning_meta.models.adapted import ParametrizedNetwork
 from lightning_meta.models.norm import per_step_batch_norm, set_norm_step, transductive_batch_norm
 from lightning_meta.models.spec import build_module
 
@@ -256,15 +257,38 @@ class InnerLoopLearner(MetaLearner):
         adapted, lrs = self._adapted_and_lrs()
         return InnerSGD(adapted, lrs.detach(), loss_scale=self._loss_scale())
 
-    def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Params:
+    def adapted_params(self, support_x: Tensor, support_y: Tensor, steps: int | None = None,
+                       task_type: str | None = None) -> Params:
         """The adapted parameters ``phi`` for one task's support set (no outer graph): every trainable tensor (a frozen
         one stays the module's, which ``forward(x, phi)`` uses)."""
         steps = self.eval_inner_steps if steps is None else steps
-        task_loss = self.task_loss(self.task_type_of(support_y))
+        task_loss = self.task_loss(task_type or self.task_type_of(support_y))
         with grad_enabled():
             x, y = self._image_layout(usable(support_x)), usable(support_y)
             phi, _ = unroll(self.make_inner_optimizer(), task_loss, self.theta(detach=True), x, y, steps).final()
         return {n: p.detach() for n, p in phi.items()}
+
+    def adapted_core(self, support_x: Tensor, support_y: Tensor, task_type: str, steps: int | None,
+                     classes: list | None) -> nn.Module:
+        """The model with ``phi`` (``steps`` inner steps on the support set, default ``eval_inner_steps``) as its
+        parameters; the head must have one output per class of the support set."""
+        self._check_adapt_targets(support_x, support_y, task_type, classes)
+        steps = self.eval_inner_steps if steps is None else steps
+        phi = self.adapted_params(support_x, support_y, steps, task_type)
+        hook = (lambda model: set_norm_step(model, steps)) if self.hparams.batch_norm == "per_step" else None
+        return ParametrizedNetwork(self.model, phi, hook)
+
+    def _check_adapt_targets(self, x: Tensor, y: Tensor, task_type: str, classes: list | None) -> None:
+        with torch.no_grad():
+            width = self.model(self._image_layout(x)).shape[1:]
+        if task_type == "classification" and width != (len(classes),):
+            raise ValueError(
+                f"{self.algorithm}: the support set has {len(classes)} classes {classes[:10]}, but the model's head "
+                f"outputs {tuple(width)} scores per example: adapt needs a support set of exactly "
+                f"{width[-1] if len(width) == 1 else '?'} classes, or a learner trained with a {len(classes)}-way head")
+        if task_type == "regression" and width != y.shape[1:]:
+            raise ValueError(f"{self.algorithm}: the model predicts {tuple(width)} per example, but the support "
+                             f"targets are {tuple(y.shape[1:])} per example")
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         """The backbone's output with ``params`` (e.g. from ``adapted_params``), or with ``theta``."""

@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from lightning_meta.algorithms.base import LRSchedulerCallable, MetaLearner, OptimizerCallable, check_no_inner_steps
 from lightning_meta.algorithms.trainer_tools import body_of
 from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.data.layout import channels_last_batch
+from lightning_meta.data.layout import channels_last_batch, channels_last_tasks
 from lightning_meta.functional.meta_batch import MetaObjective
-from lightning_meta.functional.protonet import prototypical_logits
+from lightning_meta.functional.protonet import class_prototypes, prototypical_logits
+from lightning_meta.models.adapted import PrototypeClassifier
 from lightning_meta.models.spec import build_module
 
 
@@ -111,6 +112,18 @@ class ProtoNet(MetaLearner):
         check_no_inner_steps(self.algorithm, at)
         objective = self.objective(batch)
         return {0: (objective.query_losses, objective.query_outputs)}
+
+    def adapted_core(self, support_x: Tensor, support_y: Tensor, task_type: str, steps: int | None,
+                     classes: list | None) -> nn.Module:
+        """The encoder with the prototypes of the support set's classes (any number of ways)."""
+        if task_type != "classification":
+            raise ValueError(_REGRESSION)
+        check_no_inner_steps(self.algorithm, None if not steps else {steps})
+        with torch.no_grad():
+            x = support_x[None]
+            embeddings = self.embed(channels_last_tasks(x) if self.channels_last and x.dim() == 5 else x)
+            prototypes = class_prototypes(embeddings, support_y[None], len(classes))[0]
+        return PrototypeClassifier(self.encoder, prototypes)
 
 
 _REGRESSION = ("ProtoNet classifies: regression tasks (float targets, e.g. SinusoidTasks) have no classes to "

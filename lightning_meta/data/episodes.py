@@ -18,7 +18,9 @@ class TaskBatch(NamedTuple):
 
     Regression keeps the target's shape: ``support_y [T, K, d_y]``, ``query_y [T, Q, d_y]``.
 
-    Being a ``NamedTuple`` of tensors, Lightning moves it to the device unchanged.
+    Being a ``NamedTuple`` of tensors, Lightning moves it to the device unchanged. For prediction the queries may
+    be unlabeled: ``query_y=None`` (``predict_step`` and ``trainer.predict`` take it; training and evaluation need
+    labels).
 
     Examples:
         >>> import torch
@@ -31,7 +33,7 @@ class TaskBatch(NamedTuple):
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
-    query_y: torch.Tensor
+    query_y: torch.Tensor | None = None
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the shapes unless the four tensors describe the same tasks.
@@ -46,6 +48,9 @@ class TaskBatch(NamedTuple):
             ...
             ValueError: TaskBatch tensors disagree on the number of tasks T ...: ..., query_x (1, 5, 3), ...
         """
+        if self.query_y is None:
+            self.with_placeholder_targets().check()
+            return
         shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(self._fields, self))
         if any(t.dim() < 2 for t in self):
             raise ValueError(f"TaskBatch tensors must be [T, M, ...] (tasks, examples per task, ...); got {shapes}")
@@ -68,5 +73,21 @@ class TaskBatch(NamedTuple):
 
     def task(self, index: int) -> TaskBatch:
         """The ``index``-th task as a meta-batch of one (the task dimension kept)."""
-        return TaskBatch(*(t[index : index + 1] for t in self))
+        return TaskBatch(*(None if t is None else t[index : index + 1] for t in self))
+
+    def with_placeholder_targets(self) -> TaskBatch:
+        """This batch with zero query targets where ``query_y`` is ``None`` (unlabeled queries): the shape and dtype
+        of ``support_y``'s per-example targets, so a learner's prediction runs unchanged (no output depends on the
+        query targets; only the losses do, and they are meaningless here).
+
+        Examples:
+            >>> batch = TaskBatch(torch.zeros(1, 4, 3), torch.tensor([[0, 1, 0, 1]]), torch.zeros(1, 2, 3))
+            >>> batch.with_placeholder_targets().query_y
+            tensor([[0, 0]])
+        """
+        if self.query_y is not None:
+            return self
+        y = self.support_y
+        shape = (y.shape[0], self.query_x.shape[1], *y.shape[2:])
+        return self._replace(query_y=torch.zeros(shape, dtype=y.dtype, device=y.device))
 

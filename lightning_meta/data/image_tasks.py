@@ -13,6 +13,7 @@ from lightning_meta.data.augment import Augmentation, augment_tasks
 from lightning_meta.data.classification import ClassificationTasks
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.image_cache import RawImage, cache_path, cached_images, file_stamps, open_images
+from lightning_meta.data.preprocessing import ImagePreprocessing
 from lightning_meta.data.readers import Item, shipped_lines
 from lightning_meta.data.sources import SPLITS
 
@@ -153,6 +154,12 @@ class ImageTasks(ClassificationTasks):
         if self.normalize:
             support, query = self._normalize(support), self._normalize(query)
         return TaskBatch(support, batch.support_y, query, batch.query_y)
+
+    def preprocessing(self) -> ImagePreprocessing:
+        """RGB, resized to ``image_size`` (Lanczos), scaled to ``[0, 1]``, normalized by the dataset's mean and std
+        (with ``normalize``); augmentation is training's alone."""
+        mean, std = (tuple(self.mean), tuple(self.std)) if self.normalize else (None, None)
+        return ImagePreprocessing(image_size=self.image_size, channels=3, mean=mean, std=std)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)

@@ -16,6 +16,7 @@ import torch
 
 from lightning_meta.data.classification import ClassificationTasks
 from lightning_meta.data.image_cache import cache_base
+from lightning_meta.data.preprocessing import ImagePreprocessing
 
 SETS = ("images_background", "images_evaluation")
 DRAWERS = 20
@@ -177,6 +178,10 @@ class OmniglotTasks(ClassificationTasks):
             raise ValueError(f"image_size must be >= 8, got {image_size!r}")
         self.root, self.split, self.rotations = root, split, rotations
         self.image_size, self.cache_dir = image_size, cache_dir
+
+    def preprocessing(self) -> ImagePreprocessing:
+        """Grayscale, resized to ``image_size`` (Lanczos), inverted (ink is 1), scaled to ``[0, 1]``."""
+        return ImagePreprocessing(image_size=self.image_size, channels=1, invert=True)
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         raw = load_omniglot_cached(self.root, self.image_size, self.cache_dir)

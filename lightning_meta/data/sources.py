@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.preprocessing import ImagePreprocessing
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TaskType = Literal["classification", "regression"]
@@ -23,6 +24,7 @@ class TaskSource(ABC):
     Examples:
         >>> import torch
         >>> from lightning_meta.data.episodes import TaskBatch
+from lightning_meta.data.preprocessing import ImagePreprocessing
         >>> class Lines(TaskSource):
         ...     task_type = "regression"
         ...     def sample(self, split, generators):
@@ -41,6 +43,20 @@ class TaskSource(ABC):
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load data and validate it against the configuration (idempotent)."""
+
+    def preprocessing(self) -> ImagePreprocessing | None:
+        """How an image file becomes one of this source's inputs (image sources), else ``None``: a learner records
+        it, so that a new task's images are prepared as the training images were."""
+        return None
+
+    def describe(self) -> dict:
+        """What a learner trained on this source records for adapting to a new task (plain data): the task type,
+        ``ways``/``shots``/``queries`` and the image preprocessing (``None`` for other inputs)."""
+        prep = self.preprocessing()
+        return {"source": type(self).__name__, "task_type": self.task_type, "ways": int(self.ways),
+                "shots": int(self.shots), "queries": int(self.queries),
+                "train_ways": getattr(self, "train_ways", None),
+                "preprocessing": None if prep is None else prep.to_dict()}
 
     def validate_split(self, split: str) -> None:  # noqa: B027 - optional hook
         """Raise a ``ValueError`` naming the problem if ``split`` cannot provide tasks (after setup)."""

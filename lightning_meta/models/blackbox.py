@@ -229,8 +229,19 @@ class BlackBoxNetwork(nn.Module):
         task_type = task_type or infer_task_type(support_y)
         ways = self._check_targets(support_y, task_type)
         fs, fq = self._features(support_x, query_x)
-        labels = self.encode_labels(support_y, task_type, fs.dtype)
-        pairs, h = self.encode_support(fs, labels)
+        return self.answer(self.read_support(fs, support_y, task_type), fq, ways, task_type)
+
+    def read_support(self, features: Tensor, support_y: Tensor, task_type: str) -> dict[str, Tensor]:
+        """What the network keeps of a support set (its encoder ``features [T, S, D]`` and targets): the label input,
+        the pair embeddings and ``h_i``: all that answering a query needs (``answer``)."""
+        labels = self.encode_labels(support_y, task_type, features.dtype)
+        pairs, h = self.encode_support(features, labels)
+        return {"features": features, "labels": labels, "pairs": pairs, "h": h}
+
+    def answer(self, support: dict[str, Tensor], fq: Tensor, ways: int, task_type: str) -> Tensor:
+        """Raw outputs ``[T, Q, out_dim]`` for query features ``fq [T, Q, D]`` given a ``read_support`` result (of a
+        ``ways``-way task for classification)."""
+        fs, labels, pairs, h = support["features"], support["labels"], support["pairs"], support["h"]
         parts = [fq, h[:, None].expand(-1, fq.shape[1], -1)]
         if self.aggregator == "mean" and task_type == "classification":
             return self._class_scores(parts, pairs, labels[..., :ways])
@@ -268,6 +279,10 @@ class BlackBoxNetwork(nn.Module):
         allowed = torch.ones(n, n, dtype=torch.bool, device=fs.device).tril()  # support: causal
         allowed[s:, s:] = torch.eye(q, dtype=torch.bool, device=fs.device)  # a query sees supports and itself
         return self.sequence(tokens, mask=~allowed)[:, s:]
+
+    def features(self, x: Tensor) -> Tensor:
+        """Encoder features ``[T, M, D]`` of inputs ``[T, M, ...]``."""
+        return self._features(x)[0]
 
     def gaussian(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
         """Regression outputs as ``(mean, variance)``, each ``[T, Q, y_dim]``; the variance is ``None`` without

@@ -85,6 +85,42 @@ def build_module(value: nn.Module | Mapping | None, name: str, owner: str) -> nn
     return module
 
 
+def callable_spec(factory: Any) -> dict[str, Any] | None:
+    """``{"class_path": ..., "init_args": {...}}`` of an optimizer or scheduler factory: a class, a
+    ``functools.partial(cls, **plain keywords)`` or a LightningCLI ``class_path`` callable; ``None`` for anything
+    else (a lambda), which a checkpoint then does not record.
+
+    Examples:
+        >>> import torch
+        >>> callable_spec(functools.partial(torch.optim.SGD, lr=0.1))
+        {'class_path': 'torch.optim.sgd.SGD', 'init_args': {'lr': 0.1}}
+    """
+    cls, kwargs = factory, {}
+    if isinstance(factory, functools.partial):
+        func, args, kwargs = factory.func, factory.args, dict(factory.keywords)
+        if isinstance(func, type) and not args:
+            cls = func
+        elif getattr(func, "__name__", "") == "call_without_instantiate_context" and args:
+            cls = args[-1]  # LightningCLI's callable: partial(call_without_instantiate_context, instantiator, cls)
+        else:
+            return None
+    if not isinstance(cls, type) or not _is_plain(kwargs):
+        return None
+    init_args = {k: _plain(v) for k, v in kwargs.items()}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def build_callable(spec: Mapping[str, Any], name: str) -> functools.partial:
+    """The factory a [callable_spec][lightning_meta.models.spec.callable_spec] describes:
+    ``functools.partial(cls, **init_args)``."""
+    module_name, _, class_name = str(spec.get("class_path", "")).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"cannot import the recorded {name} class {spec.get('class_path')!r}: {error}") from error
+    return functools.partial(cls, **dict(spec.get("init_args") or {}))
+
+
 def build_module_error(owner: str, name: str) -> ValueError:
     """The error for a checkpoint (or call) that has no ``name`` module and no record of how to build one."""
     return ValueError(f"{owner}: this checkpoint does not record how to build its {name} (a module without recorded "

@@ -23,7 +23,7 @@ from lightning_meta.distributed import settle_process_group
 from lightning_meta.functional.meta_batch import MetaObjective
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
 from lightning_meta.models.adapted import AdaptedLearner, encode_classes
-from lightning_meta.models.spec import build_callable, build_module_error, callable_spec, module_spec
+from lightning_meta.models.spec import build_callable, build_module_error, callable_spec, is_plain, module_spec
 
 EVAL_STAGES = ("val", "test")
 EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
@@ -213,8 +213,9 @@ class MetaLearner(pl.LightningModule):
     def record_backbone(self, name: str, module: nn.Module) -> None:
         """Record ``module`` (the ``model``/``encoder`` argument) in the hyper-parameters as plain data
         ([module_spec][lightning_meta.models.spec.module_spec]), so ``load_from_checkpoint(path)`` rebuilds it; a
-        module whose arguments are unknown is left out (loading then needs ``name=``, and says so)."""
-        spec = module_spec(module)
+        module built by LightningCLI from a config is recorded as its config gives it (any class with plain-data
+        arguments); a module whose arguments are unknown is left out (loading then needs ``name=``, and says so)."""
+        spec = module_spec(module) or _cli_given_spec(name, module)
         if spec is not None:
             self.hparams[name] = spec
 
@@ -546,6 +547,20 @@ class MetaLearner(pl.LightningModule):
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _cli_given_spec(name: str, module: nn.Module) -> dict | None:
+    """The ``name`` entry of the config LightningCLI is instantiating this learner from (Lightning's given
+    hyper-parameters), if it describes ``module``'s class in plain data; else ``None``."""
+    given = getattr(submodule("core.mixins.hparams_mixin"), "_given_hyperparameters", None)
+    config = (given.get() or {}).get(name) if given is not None else None
+    if not isinstance(config, dict) or not isinstance(config.get("class_path"), str):
+        return None
+    cls = type(module)
+    if config["class_path"] not in (f"{cls.__module__}.{cls.__qualname__}", cls.__qualname__):
+        return None
+    spec = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(config.get("init_args") or {})}
+    return spec if is_plain(spec) else None
 
 
 def _checkpoint_learner(cls: type, path: Any) -> type:

@@ -128,6 +128,11 @@ def build_module_error(owner: str, name: str) -> ValueError:
                       f"{name}=<the same architecture>)")
 
 
+def is_plain(value: Any) -> bool:
+    """Whether ``value`` is plain data (str, numbers, bools, None, lists/tuples and str-keyed dicts of them)."""
+    return _is_plain(value)
+
+
 def _is_plain(value: Any) -> bool:
     if isinstance(value, PLAIN):
         return True

@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from conftest import tiny_trainer
+from conftest import REPO, tiny_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_meta import MAML, EpisodicDataModule, MetaLearner, OmniglotTasks, ProtoNet, SinusoidTasks
@@ -101,3 +101,37 @@ def test_an_omniglot_learner_records_the_preprocessing_that_prepares_new_images(
     info = MetaLearner.load_from_checkpoint(tmp_path / "omniglot.ckpt").task_info
     assert info["ways"] == 3 and info["shots"] == 1 and info["source"] == "OmniglotTasks"
     assert info["preprocessing"] == {"image_size": 28, "channels": 1, "invert": True, "mean": None, "std": None}
+
+
+USER_NET = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(1, width), torch.nn.ReLU(), torch.nn.Linear(width, 1))
+
+    def forward(self, x):
+        return self.net(x)
+'''
+
+
+def test_a_users_backbone_class_configured_in_the_cli_is_recorded_and_rebuilt(tmp_path, monkeypatch):
+    """A class without ``records_init_args``: LightningCLI's config names it and its arguments, and that is recorded."""
+    (tmp_path / "usernet.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    from lightning_meta.cli import main
+
+    config = str(REPO / "examples/configs/sinusoid_maml.yaml")
+    cli = main(["fit", "--config", config, "--model.init_args.model=usernet.Net", "--model.init_args.model.width=6",
+                "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+                "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={tmp_path}"])
+    path = tmp_path / "user.ckpt"
+    cli.trainer.save_checkpoint(path)
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert hparams["model"] == {"class_path": "usernet.Net", "init_args": {"width": 6}}
+    loaded = MetaLearner.load_from_checkpoint(path)
+    assert type(loaded.model).__name__ == "Net" and loaded.model.net[0].out_features == 6

@@ -54,9 +54,12 @@ import torch
 import {namespace}
 from lightning_meta import {name}, TaskBatch
 
-learner = {name}.load_from_checkpoint("learner.ckpt", weights_only=True).eval()
+learner = {name}.load_from_checkpoint("learner.ckpt", weights_only=True)  # in training mode, as Lightning returns it
 batch = TaskBatch(**torch.load("batch.pt", weights_only=True))
-torch.save({{"predictions": learner.predict_step(batch, 0), "state": learner.state_dict()}}, "loaded.pt")
+adapted = learner.adapt(batch.support_x[0], batch.support_y[0])(batch.query_x[0])  # predicts in eval mode anyway
+learner.eval()
+torch.save({{"predictions": learner.predict_step(batch, 0), "state": learner.state_dict(), "adapted": adapted}},
+           "loaded.pt")
 '''
 
 
@@ -92,6 +95,7 @@ def test_a_fresh_process_loads_every_learner_from_its_checkpoint_alone(tmp_path,
     learner = LEARNERS_BY_NAME[name](build_module(spec, "model", name), checkpoint)
     expected = learner.eval().predict_step(TaskBatch(**batch_for(kind)), 0)
     torch.testing.assert_close(loaded["predictions"], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loaded["adapted"], expected[0], rtol=1e-5, atol=1e-5)  # adapt(): task 0 alone
 
 
 def _rebuild(name: str):

@@ -132,3 +132,16 @@ def test_omniglot_example(tmp_path, omniglot):
 
 
 
+
+
+@pytest.mark.parametrize("data", ["synthetic", "omniglot"])
+def test_adapt_new_task_example(tmp_path, request, data):
+    """``examples/adapt_new_task.py``: trains, then a new process loads the checkpoint with no arguments, adapts to a
+    folder of PNG images of new classes, predicts and exports; on synthetic glyphs (no data needed) and on Omniglot."""
+    extra = ["--synthetic"] if data == "synthetic" else ["--root", str(request.getfixturevalue("omniglot"))]
+    proc = run([sys.executable, str(REPO / "examples" / "adapt_new_task.py"), "--steps", "2", *extra], tmp_path)
+    assert_ok(proc)
+    source = "GlyphTasks" if data == "synthetic" else "OmniglotTasks"
+    for line in (f"loaded MAML, trained on {source} (5-way 1-shot)", "support: 15 images of classes",
+                 "accuracy on the 25 query images: ", "answers as the adapted learner (max difference"):
+        assert line in proc.stdout, proc.stdout

@@ -24,7 +24,6 @@ class TaskSource(ABC):
     Examples:
         >>> import torch
         >>> from lightning_meta.data.episodes import TaskBatch
-from lightning_meta.data.preprocessing import ImagePreprocessing
         >>> class Lines(TaskSource):
         ...     task_type = "regression"
         ...     def sample(self, split, generators):

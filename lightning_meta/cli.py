@@ -89,7 +89,7 @@ class MetaLightningCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """LightningCLI's, then: the learner records the run's ``data`` config (``run_config``, saved in its
         checkpoints, so that ``lightning-meta test --ckpt_path`` alone rebuilds the data), and ``predict`` gets a
-        [PredictionWriter][lightning_meta.callbacks.PredictionWriter] when the Trainer has no prediction writer."""
+        ``lightning_meta.callbacks.PredictionWriter`` when the Trainer has no prediction writer."""
         super().instantiate_classes()
         if isinstance(self.model, MetaLearner):
             self.model.run_config = self.data_config()

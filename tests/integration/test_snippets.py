@@ -25,6 +25,7 @@ SUBSTITUTIONS = {
     '"data/miniimagenet"': "{miniimagenet!r}",
     "max_steps=60_000": "max_steps=3",
     "max_steps=3000": "max_steps=3",
+    "max_steps=6000": "max_steps=6",
     "val_check_interval=500": "val_check_interval=3",
     "meta_batch_size=32": "meta_batch_size=4",
     "meta_batch_size=25": "meta_batch_size=4",
@@ -45,6 +46,9 @@ EXPECTED = {
     ("docs/datasets.md", 0): "torch.Size([4, 5, 3, 84, 84])",
     ("docs/learners.md", 0): "test/acc",
     ("docs/learners.md", 1): "torch.Size([1, 10, 1])",
+    ("docs/use.md", 0): "['circle', 'cross', 'line', 'square', 'triangle']",
+    ("docs/use.md", 1): "SGD 0.01 0.9",
+    ("docs/use.md", 2): "True True",
 }
 #: snippets that are one node of a multi-node job: launched as two nodes on the loopback interface
 TWO_NODES = {("docs/howto/multinode.md", 0)}

@@ -176,9 +176,11 @@ class BlackBoxNetwork(nn.Module):
             x = channels_last_tasks(x)
         t, m = x.shape[:2]
         flat = x.flatten(0, 1)
-        chunks = flat.split(self.tasks_per_pass(t, x.device) * m)
-        out = torch.cat([self.encoder(chunk).flatten(1) for chunk in chunks]) if len(chunks) > 1 else (
-            self.encoder(flat).flatten(1))
+        per_pass = self.tasks_per_pass(t, x.device)
+        if per_pass >= t:  # one pass (no split: torch.export keeps the number of examples symbolic)
+            out = self.encoder(flat).flatten(1)
+        else:
+            out = torch.cat([self.encoder(chunk).flatten(1) for chunk in flat.split(per_pass * m)])
         return list(out.view(t, m, -1).split([i.shape[1] for i in inputs], 1))
 
     # -------------------------------------------------------------- labels
@@ -278,7 +280,7 @@ class BlackBoxNetwork(nn.Module):
         n = s + q
         allowed = torch.ones(n, n, dtype=torch.bool, device=fs.device).tril()  # support: causal
         allowed[s:, s:] = torch.eye(q, dtype=torch.bool, device=fs.device)  # a query sees supports and itself
-        return self.sequence(tokens, mask=~allowed)[:, s:]
+        return self.sequence(tokens, mask=~allowed, is_causal=False)[:, s:]  # not causal: a query sees itself
 
     def features(self, x: Tensor) -> Tensor:
         """Encoder features ``[T, M, D]`` of inputs ``[T, M, ...]``."""

@@ -1,9 +1,7 @@
 """Exporting an adapted learner: ``learner.adapt(...)`` returns a plain ``nn.Module`` that ``torch.export.export`` and
 ``torch.jit.trace`` capture for every learner and black-box aggregator (and a regression MAML); the captured program
 answers the example queries and other queries of the same shape as the module does (the trace also other numbers of
-queries). Known failures (torch 2.13), each asserted with its reason so that a fix shows here: the black-box
-``sequence`` aggregator needs ``strict=True`` (``EXPORT_FAIL``); a dynamic number of queries (``torch.export.Dim``)
-exports for the gradient learners and ProtoNet, not for black-box adaptation (``DYNAMIC_QUERIES_FAIL``). ONNX
+queries), also with a dynamic number of queries (``torch.export.Dim``). ONNX
 (``torch.onnx.export(..., dynamo=True)``, run by onnxruntime) is checked where ``onnx``, ``onnxscript`` and
 ``onnxruntime`` are installed (they are not dependencies of lightning-meta) and skipped, saying so, where not."""
 
@@ -43,31 +41,13 @@ LEARNERS = {
 }
 NAMES = list(LEARNERS)
 
-#: ``BlackBoxNetwork._sequence`` calls ``nn.TransformerEncoder.forward(tokens, mask=~allowed)`` with ``is_causal=None``:
-#: torch then compares the mask with a causal one (``_detect_is_causal_mask``, torch/nn/modules/transformer.py:
-#: ``torch.equal`` on data), a data-dependent bool that non-strict export cannot guard on ("Could not guard on
-#: data-dependent expression Eq(u0, 1)"), even with static shapes. ``strict=True`` (Dynamo) captures it; passing
-#: ``is_causal=False`` in ``_sequence`` (the mask is not the causal one: a query sees itself) removes it.
-EXPORT_FAIL = {"BlackBox-sequence": "data-dependent _detect_is_causal_mask in nn.TransformerEncoder (is_causal=None)"}
-
-#: why ``torch.export`` with a dynamic number of queries fails for black-box adaptation (torch 2.13); both are in
-#: ``lightning_meta/models/blackbox.py``, and fixing them there makes the dynamic export of every aggregator pass
-DYNAMIC_QUERIES_FAIL = {
-    # ``BlackBoxNetwork._features`` splits the encoder input into passes of ``tasks_per_pass * M`` rows and branches
-    # on ``len(chunks) > 1``: the number of chunks is ``ceil(M / M) = (2M - 1) // M``, which export cannot prove is 1
-    # for every M, so it specializes M to the example's value ("Constraints violated (M)").
-    **{
-        f"BlackBox-{a}": "guard ((-1) + 2*M) // M == 1 from BlackBoxNetwork._features' len(chunks) > 1"
-        for a in ("mean", "attention", "snail")
-    },
-    # that, and first the data-dependent mask check of ``EXPORT_FAIL`` (strict=True gets past it, then meets the guard)
-    "BlackBox-sequence": EXPORT_FAIL["BlackBox-sequence"],
-}
-
-#: ONNX (dynamo exporter) failures: the ``sequence`` aggregator's non-strict export fails as above, the exporter falls
-#: back to strict (Dynamo) capture, which takes ``nn.TransformerEncoderLayer``'s fused fast path in eval mode, and
-#: ``aten._transformer_encoder_layer_fwd`` has no ONNX translation. ``is_causal=False`` in ``_sequence`` fixes it.
-ONNX_FAIL = {"BlackBox-sequence": "no ONNX function for aten._transformer_encoder_layer_fwd (strict fallback)"}
+#: Two export blockers were fixed in ``lightning_meta/models/blackbox.py`` (each test below would show them again):
+#: ``_sequence`` called ``nn.TransformerEncoder`` with ``is_causal=None``, and torch's ``_detect_is_causal_mask``
+#: compared the mask with a causal one, a data-dependent bool non-strict export cannot guard on ("Could not guard on
+#: data-dependent expression"), which also sent ONNX to a strict fallback with ``aten._transformer_encoder_layer_fwd``
+#: (no ONNX translation): it passes ``is_causal=False`` now (the mask is not causal: a query sees itself).
+#: ``_features`` split the encoder input and branched on ``len(chunks) > 1``, a guard on the number of queries that
+#: pinned it to the example's ("Constraints violated"): one pass no longer splits.
 
 
 def task(name: str, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor | list[str], tuple[torch.Tensor, ...]]:
@@ -100,7 +80,7 @@ def assert_answers_as_the_module(program, module, queries) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_export_answers_as_the_adapted_learner(adapted, name):
     module, (example, other, _) = adapted[name]
-    program = torch.export.export(module, (example,), strict=name in EXPORT_FAIL)
+    program = torch.export.export(module, (example,))
     assert_answers_as_the_module(program.module(), module, [example, other])
     buffer = io.BytesIO()  # saved and loaded as a user deploys it (a .pt2 file)
     torch.export.save(program, buffer)
@@ -123,27 +103,8 @@ def test_jit_trace_answers_as_the_adapted_learner(adapted, name):
 def test_torch_export_with_a_dynamic_number_of_queries(adapted, name):
     module, (example, other, fewer) = adapted[name]
     queries = torch.export.Dim("queries", min=1, max=4096)
-    if name in DYNAMIC_QUERIES_FAIL:
-        pytest.xfail(f"torch.export with a dynamic number of queries: {DYNAMIC_QUERIES_FAIL[name]}")
     program = torch.export.export(module, (example,), dynamic_shapes=({0: queries},)).module()
     assert_answers_as_the_module(program, module, [example, other, fewer, fewer[:1], torch.cat([other, other])])
-
-
-@pytest.mark.parametrize("name", sorted(EXPORT_FAIL))
-def test_the_default_export_failures_are_the_ones_described(adapted, name):
-    """Non-strict ``torch.export`` (the default) fails for the reason given in ``EXPORT_FAIL``."""
-    module, (example, *_) = adapted[name]
-    with pytest.raises(Exception, match="Could not guard on data-dependent expression"):
-        torch.export.export(module, (example,))
-
-
-@pytest.mark.parametrize("name", sorted(DYNAMIC_QUERIES_FAIL))
-def test_the_dynamic_export_failures_are_the_ones_described(adapted, name):
-    """The xfails above fail for the reason given (so a change in torch or in the network shows here)."""
-    module, (example, *_) = adapted[name]
-    match = "data-dependent expression" if name == "BlackBox-sequence" else r"Constraints violated \(queries\)"
-    with pytest.raises(Exception, match=match):
-        torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("queries", min=1, max=4096)},))
 
 
 def test_transductive_batch_norm_answers_depend_on_the_query_batch(adapted):
@@ -181,10 +142,6 @@ def test_onnx_export_runs_in_onnxruntime(adapted, name, tmp_path):
             verbose=False,
         )
 
-    if name in ONNX_FAIL:
-        with pytest.raises(Exception, match="aten._transformer_encoder_layer_fwd"):
-            export()
-        pytest.xfail(f"torch.onnx.export(dynamo=True): {ONNX_FAIL[name]}")
     export()
     session = onnxruntime.InferenceSession(str(tmp_path / "adapted.onnx"), providers=["CPUExecutionProvider"])
     for query in (example, other):

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_user_file, tiny_trainer
+from conftest import REPO, run_script, run_user_file, tiny_trainer
 
 from lightning_meta import MAML, EpisodicDataModule, SinusoidTasks
 from lightning_meta.callbacks import PredictionWriter
@@ -183,3 +183,21 @@ print("SHAPE", list(torch.load("out/predictions.pt")["predictions"].shape))
     proc = run_user_file(source, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SHAPE [5, 4, 1]" in proc.stdout
+
+
+def test_prediction_writer_under_two_rank_ddp_equals_one_device(tmp_path):
+    """Real DDP (gloo, 2 ranks): each rank writes its episodes; together, ordered by ``"episodes"``, they are the
+    one-device predictions (7 episodes: the ranks predict 4 and 3)."""
+    from ddp_predict import build
+
+    run_script("ddp_predict.py", str(tmp_path))
+    ranks = [torch.load(tmp_path / f"predictions-rank{r}.pt", weights_only=True) for r in range(2)]
+    assert sorted(len(r["episodes"]) for r in ranks) == [3, 4]
+    episodes = torch.cat([r["episodes"] for r in ranks])
+    predictions = torch.cat([r["predictions"] for r in ranks])[episodes.argsort()]
+    learner, data = build()
+    oracle = tiny_trainer(callbacks=[PredictionWriter(tmp_path / "one")])
+    oracle.predict(learner, data)
+    expected = torch.load(tmp_path / "one" / "predictions.pt", weights_only=True)
+    assert sorted(episodes.tolist()) == expected["episodes"].tolist() == list(range(7))
+    torch.testing.assert_close(predictions, expected["predictions"], rtol=1e-6, atol=1e-6)

@@ -146,32 +146,14 @@ def _steps(text: str) -> int:
 def read_record(path: str) -> tuple[str, dict[str, Any]]:
     """``(learner class path, task_info)`` recorded in the checkpoint at ``path``; an :class:`AdaptError` when the
     file is missing, not a PyTorch checkpoint, or not a lightning-meta learner's."""
-    import torch
+    from lightning_meta.checkpoints import read_lightning_checkpoint, recorded_learner
 
-    from lightning_meta.checkpoints import UnreadableCheckpointError, check_checkpoint_file
-
-    file = Path(path)
-    if not file.exists():
-        raise AdaptError(f"--ckpt_path {path}: no such file")
-    if not file.is_file():
-        raise AdaptError(f"--ckpt_path {path} is not a file")
     try:
-        check_checkpoint_file(file)
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except UnreadableCheckpointError as error:
-        raise AdaptError(str(error)) from error
-    except Exception as error:  # noqa: BLE001 - torch's unpickler raises many types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AdaptError(
-            f"{path} cannot be loaded as a checkpoint (torch.load with weights_only=True): {first}"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise AdaptError(
-            f"{path} is a PyTorch file but not a Lightning checkpoint (no state_dict): pass a .ckpt "
-            "written by lightning-meta fit or a Lightning Trainer"
-        )
+        checkpoint = read_lightning_checkpoint(path)
+    except ValueError as error:
+        raise AdaptError(_one_line(error)) from error
     record = checkpoint.get("lightning_meta") or {}
-    learner = record.get("learner") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    learner = recorded_learner(checkpoint)
     if not learner or not _is_meta_learner(learner):
         what = f"a checkpoint of {learner}" if learner else "a Lightning checkpoint that records no learner"
         raise AdaptError(
@@ -182,13 +164,11 @@ def read_record(path: str) -> tuple[str, dict[str, Any]]:
 
 
 def _is_meta_learner(class_path: str) -> bool:
-    import importlib
-
     from lightning_meta.algorithms.base import MetaLearner
+    from lightning_meta.models.spec import import_class
 
-    module, _, name = class_path.rpartition(".")
     try:
-        found = getattr(importlib.import_module(module), name)
+        found = import_class(class_path)
     except (ImportError, AttributeError, ValueError):
         return False
     return isinstance(found, type) and issubclass(found, MetaLearner)

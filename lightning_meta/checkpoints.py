@@ -94,6 +94,45 @@ def readable_checkpoint(path: Any) -> Iterator[None]:
         raise UnreadableCheckpointError(_message(file, reason)) from err  # type: ignore[arg-type]
 
 
+def peek_checkpoint(path: Any) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on the CPU, memory-mapped where the file allows it (the tensors are
+    not read: a cheap look at what a checkpoint records before Lightning loads it)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_lightning_checkpoint(path: Any) -> dict[str, Any]:
+    """[peek_checkpoint][lightning_meta.checkpoints.peek_checkpoint] of a file that must be a Lightning checkpoint;
+    a ``ValueError`` (an [UnreadableCheckpointError][lightning_meta.checkpoints.UnreadableCheckpointError] where the
+    file cannot be a PyTorch checkpoint) naming ``--ckpt_path`` and what is wrong: a missing file, one torch cannot
+    load, a PyTorch file without a ``state_dict``."""
+    file = Path(path)
+    if not file.is_file():
+        problem = " is not a file" if file.exists() else ": no such file"
+        raise ValueError(f"--ckpt_path {path}{problem}")
+    check_checkpoint_file(file)
+    try:
+        checkpoint = peek_checkpoint(file)
+    except Exception as error:  # noqa: BLE001 - torch's unpickler raises many types
+        first = " ".join(str(error).split()[:40]) or type(error).__name__
+        raise ValueError(f"--ckpt_path {path} cannot be read with torch.load(weights_only=True): {first}") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"--ckpt_path {path} is a PyTorch file but not a Lightning checkpoint (no state_dict): pass "
+                         "a .ckpt written by lightning-meta fit or a Lightning Trainer")
+    return checkpoint
+
+
+def recorded_learner(checkpoint: dict[str, Any]) -> str | None:
+    """The class path of the learner a checkpoint holds: lightning-meta's record, else LightningCLI's
+    ``_class_path`` hyper-parameter; ``None`` where neither says."""
+    record = checkpoint.get("lightning_meta") or {}
+    return record.get("learner") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+
+
 CheckpointIO = submodule("plugins").CheckpointIO
 
 

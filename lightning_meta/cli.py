@@ -11,13 +11,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from lightning_meta._lightning import submodule
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.callbacks import BasePredictionWriter, PredictionWriter
-from lightning_meta.checkpoints import UnreadableCheckpointError, check_checkpoint_file
+from lightning_meta.checkpoints import (
+    check_checkpoint_file,
+    peek_checkpoint,
+    read_lightning_checkpoint,
+    recorded_learner,
+)
 from lightning_meta.data.datamodule import EpisodicDataModule
 
 LightningCLI, SaveConfigCallback = submodule("cli").LightningCLI, submodule("cli").SaveConfigCallback
@@ -73,7 +77,7 @@ class MetaLightningCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             try:
-                checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+                checkpoint = peek_checkpoint(path)
             except Exception:  # noqa: BLE001 - LightningCLI's own load reports it
                 checkpoint = None
             if isinstance(checkpoint, dict):
@@ -209,23 +213,10 @@ def _usage_error(subcommand: str, message: str) -> None:
 def read_checkpoint(path: str, subcommand: str = "test") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` of a Lightning checkpoint; a missing or unreadable file is a usage
     error (a line on stderr, exit status 2)."""
-    file = Path(path)
-    if not file.is_file():
-        _usage_error(subcommand, f"--ckpt_path {path}: no such file")
     try:
-        check_checkpoint_file(file)
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except UnreadableCheckpointError as error:
-        _usage_error(subcommand, str(error))
-    except Exception as error:  # noqa: BLE001 - torch's unpickler raises many types
-        _usage_error(
-            subcommand,
-            f"--ckpt_path {path} cannot be read with torch.load(weights_only=True): "
-            f"{' '.join(str(error).split()[:40])}",
-        )
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        _usage_error(subcommand, f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
-    return checkpoint
+        return read_lightning_checkpoint(path)
+    except ValueError as error:
+        _usage_error(subcommand, " ".join(str(error).split()))
 
 
 def checkpoint_run_config(
@@ -240,7 +231,7 @@ def checkpoint_run_config(
     record = checkpoint.get("lightning_meta") or {}
     hparams = checkpoint.get("hyper_parameters") or {}
     config: dict[str, Any] = {}
-    learner = record.get("learner") or hparams.get("_class_path")
+    learner = recorded_learner(checkpoint)
     if learner:
         init_args = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
         config["model"] = {"class_path": learner, "init_args": init_args}

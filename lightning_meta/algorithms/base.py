@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -14,7 +13,12 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lightning_meta._lightning import pl, submodule
 from lightning_meta.algorithms.trainer_tools import optimizer_lr, with_lr
-from lightning_meta.checkpoints import readable_checkpoint, report_unreadable_checkpoints
+from lightning_meta.checkpoints import (
+    peek_checkpoint,
+    readable_checkpoint,
+    recorded_learner,
+    report_unreadable_checkpoints,
+)
 from lightning_meta.checks import check_choice, check_factory, check_positive
 from lightning_meta.data.episodes import TaskBatch
 from lightning_meta.data.sources import TaskType
@@ -23,7 +27,14 @@ from lightning_meta.distributed import settle_process_group
 from lightning_meta.functional.meta_batch import MetaObjective
 from lightning_meta.metrics import AdaptationCurve, EpisodeMeanCI, episode_accuracy, episode_mse
 from lightning_meta.models.adapted import AdaptedLearner, encode_classes
-from lightning_meta.models.spec import build_callable, build_module_error, callable_spec, is_plain, module_spec
+from lightning_meta.models.spec import (
+    build_callable,
+    build_module_error,
+    callable_spec,
+    import_class,
+    is_plain,
+    module_spec,
+)
 
 EVAL_STAGES = ("val", "test")
 EVAL_METRICS = ("loss", "score", "pre_loss", "pre_score")
@@ -567,16 +578,15 @@ def _checkpoint_learner(cls: type, path: Any) -> type:
     """The learner class recorded in the checkpoint at ``path`` (``cls`` if none is): ``cls`` or a subclass of it,
     else a ``ValueError`` naming both."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = peek_checkpoint(path)
     except Exception:  # noqa: BLE001 - not readable here (a remote path, another format): Lightning reports it
         return cls
-    record = checkpoint.get("lightning_meta") or {}
-    class_path = record.get("learner") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    class_path = recorded_learner(checkpoint) if isinstance(checkpoint, dict) else None
     if not class_path:
         return cls
-    module_name, _, name = class_path.rpartition(".")
+    name = class_path.rpartition(".")[2]
     try:
-        found = getattr(importlib.import_module(module_name), name)
+        found = import_class(class_path)
     except (ImportError, AttributeError, ValueError):
         return cls
     if isinstance(found, type) and issubclass(found, cls):

@@ -64,6 +64,17 @@ def module_spec(module: nn.Module) -> dict[str, Any] | None:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {k: _plain(v) for k, v in args.items()}}
 
 
+def import_class(class_path: str) -> Any:
+    """The object ``"package.module.Name"`` names (``ImportError``, ``AttributeError`` or ``ValueError`` if none).
+
+    Examples:
+        >>> import_class("torch.nn.Linear").__name__
+        'Linear'
+    """
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
 def build_module(value: nn.Module | Mapping | None, name: str, owner: str) -> nn.Module:
     """``value`` if it is a module, else the module a [module_spec][lightning_meta.models.spec.module_spec] dict
     describes; ``None`` (a checkpoint whose backbone was built by hand) is a ``ValueError`` saying to pass it."""
@@ -74,9 +85,8 @@ def build_module(value: nn.Module | Mapping | None, name: str, owner: str) -> nn
     if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
         raise TypeError(f"{owner}: {name} must be an nn.Module or a {{'class_path': ..., 'init_args': {{...}}}} "
                         f"dict, got {type(value).__name__}")
-    module_name, _, class_name = value["class_path"].rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = import_class(value["class_path"])
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(f"{owner}: cannot import the {name} class {value['class_path']!r}: {error}") from error
     module = cls(**dict(value.get("init_args") or {}))
@@ -113,9 +123,8 @@ def callable_spec(factory: Any) -> dict[str, Any] | None:
 def build_callable(spec: Mapping[str, Any], name: str) -> functools.partial:
     """The factory a [callable_spec][lightning_meta.models.spec.callable_spec] describes:
     ``functools.partial(cls, **init_args)``."""
-    module_name, _, class_name = str(spec.get("class_path", "")).rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = import_class(str(spec.get("class_path", "")))
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(f"cannot import the recorded {name} class {spec.get('class_path')!r}: {error}") from error
     return functools.partial(cls, **dict(spec.get("init_args") or {}))

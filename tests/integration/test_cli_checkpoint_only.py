@@ -201,3 +201,17 @@ def test_prediction_writer_under_two_rank_ddp_equals_one_device(tmp_path):
     expected = torch.load(tmp_path / "one" / "predictions.pt", weights_only=True)
     assert sorted(episodes.tolist()) == expected["episodes"].tolist() == list(range(7))
     torch.testing.assert_close(predictions, expected["predictions"], rtol=1e-6, atol=1e-6)
+
+
+def test_prediction_writer_with_two_dataloader_workers_equals_none(tmp_path):
+    """``num_workers=2`` (worker processes) and 0 write the same predictions and episode indices."""
+    written = {}
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        learner = MAML(MLP(1, 1, hidden=[8]), eval_inner_steps=2)
+        data = EpisodicDataModule(SinusoidTasks(shots=5, queries=4), test_episodes=7, eval_meta_batch_size=2,
+                                  num_workers=workers)
+        tiny_trainer(callbacks=[PredictionWriter(tmp_path / str(workers))]).predict(learner, data)
+        written[workers] = torch.load(tmp_path / str(workers) / "predictions.pt", weights_only=True)
+    assert written[2]["episodes"].tolist() == written[0]["episodes"].tolist() == list(range(7))
+    torch.testing.assert_close(written[2]["predictions"], written[0]["predictions"], rtol=0, atol=0)
